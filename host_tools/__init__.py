@@ -1,0 +1,1 @@
+# overstay host tools: the CPython side (bridge, simulator, console, flashing, fee quotes).
