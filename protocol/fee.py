@@ -138,12 +138,42 @@ class Tariff:
         return r
 
 
+# A few recently parsed tariffs, so quoting many sessions under the same
+# tariff dict does not validate it again each time. Each entry keeps a copy of
+# the source: a hit needs an equal dict, so a caller mutating its dict after a
+# quote gets it validated afresh.
+_CACHE_SIZE = const(4)
+_cache = []  # [(source copy, Tariff)], newest last
+
+
+def _copy(x):
+    if type(x) is dict:
+        c = {}
+        for k in x:
+            c[k] = _copy(x[k])
+        return c
+    if type(x) is list:
+        return [_copy(v) for v in x]
+    return x
+
+
 def parse_tariff(d):
     """Validate a tariff dict; return a Tariff. Raises TariffError naming the field."""
     if isinstance(d, Tariff):
         return d
     if not isinstance(d, dict):
         raise TariffError("(root)", "must be a JSON object")
+    for src, parsed in _cache:
+        if src == d:
+            return parsed
+    t = _parse_tariff(d)
+    if len(_cache) >= _CACHE_SIZE:
+        _cache.pop(0)
+    _cache.append((_copy(d), t))
+    return t
+
+
+def _parse_tariff(d):
     for k in d:
         if k not in _TARIFF_FIELDS:
             raise TariffError(str(k), "unknown field")
@@ -214,7 +244,7 @@ def parse_tariff(d):
     t.week = None
     if "windows" in d and d["windows"] is not None:
         t.week = _parse_windows(d["windows"])
-    t.source = d
+    t.source = _copy(d)
     return t
 
 
@@ -275,9 +305,36 @@ def _window_state(week, utc_offset_s, tau):
     return False, tau + (_WEEK - ws) + week[0][0]
 
 
+_STATUS_SET = {}
+for _s in STATUSES:
+    _STATUS_SET[_s] = True
+
+
 def _check_timeline(timeline):
-    if not isinstance(timeline, list):
+    # Fast pass: pricing calls this on every quote, so it builds no strings;
+    # only when something is wrong does _diagnose walk again to name the field.
+    if type(timeline) is not list:
         raise TimelineError("timeline", "must be a list of events")
+    prev = None
+    for ev in timeline:
+        if type(ev) is not dict or len(ev) != 2:
+            _diagnose(timeline)
+        t = ev.get("t")
+        if type(t) is not int or (prev is not None and t < prev):
+            _diagnose(timeline)
+        prev = t
+        s = ev.get("status")
+        if s is not None:
+            if s not in _STATUS_SET:
+                _diagnose(timeline)
+        else:
+            o = ev.get("occupancy")
+            if type(o) is not int or o < 0 or o > 100:
+                _diagnose(timeline)
+
+
+def _diagnose(timeline):
+    """Raise the TimelineError that names the first bad event."""
     prev = None
     for i, ev in enumerate(timeline):
         f = "timeline[" + str(i) + "]"
@@ -297,12 +354,13 @@ def _check_timeline(timeline):
             if k != "t" and k != "status" and k != "occupancy":
                 raise TimelineError(f + "." + str(k), "unknown field")
         if has_s:
-            if ev["status"] not in STATUSES:
+            if ev["status"] not in _STATUS_SET:
                 raise TimelineError(f + ".status", "unknown connector status " + repr(ev["status"]))
         else:
             o = ev["occupancy"]
             if not _is_int(o) or o < 0 or o > 100:
                 raise TimelineError(f + ".occupancy", "must be an integer percentage 0..100")
+    raise TimelineError("timeline", "invalid")  # unreachable: the fast pass found a problem
 
 
 def running_intervals(tariff, timeline, at=None):

@@ -476,3 +476,37 @@ def test_splitting_a_pause_in_two_changes_nothing(tariff, timeline, data):
     mid = data.draw(st.integers(lo, hi))
     split = timeline[:i] + [{"t": mid, "status": prev_status}] + timeline[i:]
     assert quote(tariff, split) == quote(tariff, timeline)
+
+
+def test_parsed_tariff_cache_sees_a_mutated_dict():
+    t = dict(T0)
+    assert quote(t, EX1)["fee"] == 500
+    t["rate"] = 100  # same dict object, new content: must be validated and priced afresh
+    assert quote(t, EX1)["fee"] == 1000
+    t["rate"] = -1
+    with pytest.raises(TariffError):
+        quote(t, EX1)
+    t["rate"] = 50
+    t["tiers"] = [{"min_occupancy_pct": 0, "rate": 1}]
+    assert parse_tariff(t).tiers == ((0, 1),)
+    t["tiers"][0]["rate"] = 2  # nested change
+    assert parse_tariff(t).tiers == ((0, 2),)
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ([{"t": 0, "status": "Preparing"}, {"t": 1, "status": "Charging", "x": 1}], "timeline[1]"),
+        ([{"t": 0, "status": "Preparing"}, {"t": 1}], "timeline[1]"),
+        ([{"t": 0, "status": "Preparing"}, {"t": 1, "occupancy": 101}], "timeline[1].occupancy"),
+        ([{"t": 0, "status": "Preparing"}, {"t": 1, "occupancy": True}], "timeline[1].occupancy"),
+        ([{"t": 0, "status": "Preparing"}, {"t": "1", "status": "Charging"}], "timeline[1].t"),
+        ([{"t": 0, "status": "Preparing"}, "Charging"], "timeline[1]"),
+        ([{"t": 0, "status": "Preparing"}, {"t": 1, "status": "Charging", "occupancy": 5}], "timeline[1]"),
+        ({"t": 0}, "timeline"),
+    ],
+)
+def test_bad_timeline_names_the_event(bad, field):
+    with pytest.raises(TimelineError) as e:
+        quote(T0, bad)
+    assert e.value.field.startswith(field)
