@@ -6,14 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from protocol import fee
 from protocol.fee import TariffError, TimelineError, parse_tariff, quote
-
-T0 = {"id": "T0", "version": 1, "rate": 50, "grace_s": 300}
-EX1 = [
-    {"t": 0, "status": "Preparing"},
-    {"t": 10, "status": "Charging"},
-    {"t": 3610, "status": "SuspendedEV"},
-    {"t": 4530, "status": "Available"},
-]
+from tests.fee_examples import EX1, T0
 
 
 # --- the spec's worked examples (section 9) ---------------------------------

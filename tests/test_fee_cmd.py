@@ -6,13 +6,7 @@ import sys
 
 import pytest
 
-T0 = {"id": "T0", "version": 1, "rate": 50, "grace_s": 300}
-EX1 = [
-    {"t": 0, "status": "Preparing"},
-    {"t": 10, "status": "Charging"},
-    {"t": 3610, "status": "SuspendedEV"},
-    {"t": 4530, "status": "Available"},
-]
+from tests.fee_examples import EX1, T0
 
 
 def overstay(*args, stdin=None):

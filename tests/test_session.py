@@ -4,8 +4,8 @@ from hypothesis import given, settings, strategies as st
 
 from protocol import fee
 from protocol.session import Accountant, Session
+from tests.fee_examples import T0
 
-T0 = {"id": "T0", "version": 1, "rate": 50, "grace_s": 300}
 TIERED = dict(T0, id="T1", version=3, tiers=[{"min_occupancy_pct": 50, "rate": 50}, {"min_occupancy_pct": 100, "rate": 100}])
 
 
