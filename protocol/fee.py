@@ -143,7 +143,7 @@ class Tariff:
 # the source: a hit needs an equal dict, so a caller mutating its dict after a
 # quote gets it validated afresh.
 _CACHE_SIZE = const(4)
-_cache = []  # [(source copy, Tariff)], newest last
+_cache = []  # type: list  # [(source copy, Tariff)], newest last
 
 
 def _copy(x):
