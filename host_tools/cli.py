@@ -9,6 +9,10 @@ from host_tools.errors import UserError
 # `func` (a callable taking the parsed args and returning an exit code).
 COMMANDS = (
     "host_tools.fee_cmd",
+    "host_tools.bridge_cmd",
+    "host_tools.keys_cmd",
+    "host_tools.tariff_cmd",
+    "host_tools.export",
 )
 
 

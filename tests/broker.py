@@ -6,6 +6,10 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
+
+# The suite's broker settings ship with the production ones (deploy/mosquitto/).
+TEST_CONF = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "test.conf"
 
 
 def mosquitto_binary():
@@ -44,16 +48,11 @@ class Mosquitto:
 
     def _write_conf(self):
         lines = [
+            TEST_CONF.read_text(),
             "listener %d 127.0.0.1" % self.port,
-            "allow_anonymous true",
             # Started as root (CI), mosquitto would switch to its own user and
             # could not write into the test's folder: stay who we are.
             "user " + pwd.getpwuid(os.getuid()).pw_name,
-            # Queue limits sized for outages (the default of 1,000 would drop a backlog).
-            "max_queued_messages 0",
-            "max_queued_bytes 0",
-            "max_inflight_messages 0",
-            "max_packet_size 65536",
             "log_dest file " + self.log,
             "log_type error",
             "log_type warning",
