@@ -73,3 +73,15 @@ bench: setup
 
 clean:
 	rm -rf .venv .stamps $(MPVM)/node_modules build .pytest_cache .hypothesis .mypy_cache
+
+# Flash and enrol one stall controller (docs/flashing.md). Optional: DB=URL,
+# WIFI_SSID=..., WIFI_PASSWORD_FILE=..., FLASH_ARGS="--dry-run" (or --replace, ...).
+.PHONY: flash
+flash: $(VENV_STAMP)
+	@if [ -z "$(PORT)" ] || [ -z "$(STATION)" ] || [ -z "$(SITE)" ] || [ -z "$(BROKER)" ]; then \
+	  echo "usage: make flash PORT=/dev/ttyUSB0 STATION=st-01 SITE=lot-a BROKER=mqtt://broker:1883 [DB=sqlite:///bridge.db] [WIFI_SSID=net WIFI_PASSWORD_FILE=file] [FLASH_ARGS=--dry-run]" >&2; \
+	  exit 2; \
+	fi
+	$(PY) -m host_tools.cli flash --port "$(PORT)" --station "$(STATION)" --site "$(SITE)" --broker "$(BROKER)" \
+	  $(if $(DB),--db "$(DB)") $(if $(WIFI_SSID),--wifi-ssid "$(WIFI_SSID)") \
+	  $(if $(WIFI_PASSWORD_FILE),--wifi-password-file "$(WIFI_PASSWORD_FILE)") $(FLASH_ARGS)

@@ -13,6 +13,7 @@ COMMANDS = (
     "host_tools.keys_cmd",
     "host_tools.tariff_cmd",
     "host_tools.export",
+    "host_tools.flash",
 )
 
 

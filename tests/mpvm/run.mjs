@@ -7,8 +7,10 @@
 //                                           (what a stall without frozen modules runs)
 //
 // The VM's file system mirrors the repository: /protocol (every .py under
-// protocol/), /tests/portable/*.py and /tests/vectors/*.json, with "/" as the
-// current directory, so `from protocol import fee` works as on a stall. Only
+// protocol/), /firmware (every .py under firmware/; vec_firmware puts it on
+// sys.path so `from stall import core` works as on a stall),
+// /tests/portable/*.py and /tests/vectors/*.json, with "/" as the current
+// directory, so `from protocol import fee` works as on a stall. Only
 // the JSON result goes to stdout; anything Python prints goes to stderr.
 // Exit codes: 0 ok, 1 Python raised, 2 set-up problem (run `make setup`).
 import { readdirSync, readFileSync, statSync } from "node:fs";
@@ -86,6 +88,7 @@ function mkdirs(path) {
 
 const files = [
   ...listFiles(join(REPO, "protocol"), ".py"),
+  ...listFiles(join(REPO, "firmware"), ".py"),
   ...listFiles(join(REPO, "tests", "portable"), ".py"),
   ...listFiles(join(REPO, "tests", "vectors"), ".json"),
 ];
