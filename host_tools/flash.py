@@ -22,6 +22,7 @@
 import json
 import os
 import sys
+import time
 import tempfile
 import urllib.parse
 
@@ -300,6 +301,8 @@ def station_config(args, opts, station_key, site_key, pin_hash, mqtt_password):
         "mqtt_user": args.station,
         "mqtt_password": mqtt_password,
         "hardware": "board",
+        # Above every number this station id sent before (see config.py).
+        "seq_floor": time.time_ns() // 1_000_000,
     }
 
 

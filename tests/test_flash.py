@@ -506,6 +506,8 @@ def test_enrol_end_to_end_on_the_virtual_board(capsys, board, url):
     full = fwcfg.validate(cfg)
     assert (full["mqtt_host"], full["mqtt_port"], full["mqtt_user"], full["mqtt_password"]) == ("broker.example", 1884, "st-01", password)
     assert full["hardware"] == "board" and full["wifi_ssid"] is None
+    # Message numbers start above enrolment time, so a replacement board never reuses one.
+    assert abs(full["seq_floor"] - time.time() * 1000) < 10 * 60 * 1000
     # The PIN is stored salted and hashed; the board can check it with the flashed HMAC code.
     assert pin not in json.dumps(cfg) and fsec.check_pin(pin, cfg["pin_hash"])
     _scheme, it, salt, dk = cfg["pin_hash"].split("$")

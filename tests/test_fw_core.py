@@ -269,3 +269,17 @@ def test_three_week_session_across_tick_wraps_is_billed_exactly():
     assert t[3] - t[2] == idle
     assert s["idle_s"] == idle and s["billed_min"] == (idle - 300) // 60
     assert s["fee"] == (idle - 300) // 60 * 50
+
+
+
+def test_seq_floor_from_config_starts_numbers_above_it():
+    """A replacement board (fresh journal, no NTP yet) enrolled with a floor never reuses an old number."""
+    floor = UNIX0 * 1000
+    r = Rig(now=0, cfg=make_cfg(seq_floor=floor))
+    example1(r)
+    msgs = r.drain()
+    assert msgs and min(m.seq for m in msgs) > floor
+    # Without a floor, an unsynced fresh board counts from 1.
+    r0 = Rig(now=0)
+    example1(r0)
+    assert min(m.seq for m in r0.drain()) < floor

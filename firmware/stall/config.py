@@ -41,6 +41,10 @@ FIELDS = {
     "station_key": (_KEY, "", False, True),
     "site_key": (_KEY, "", False, True),
     "pin_hash": (_OPT_STR, None, False, True),  # technician PIN (console, later)
+    # Message numbers start above this: the flashing tool writes the Unix ms of
+    # enrolment, so a replacement board (or a wiped journal) under the same
+    # station id never reuses a number the bridge already holds, even before NTP.
+    "seq_floor": (_INT, 0, False, False),
     # network
     "wifi_ssid": (_OPT_STR, None, False, False),
     "wifi_password": (_OPT_STR, None, False, True),

@@ -156,7 +156,7 @@ class StallCore:
         j.put_meta(_M_BOOT, str(self.boot).encode())
         hw = j.meta(_M_SEQ)
         fhw = store.read_file(self.fs, self.root + SEQ_FILE)
-        self.seq = max(int(hw) if hw else 0, int(fhw) if fhw else 0)
+        self.seq = max(int(hw) if hw else 0, int(fhw) if fhw else 0, self.cfg.get("seq_floor", 0))
         self.seq_hw = self.seq
         hb = j.meta(_M_HB)
         if hb:
