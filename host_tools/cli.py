@@ -14,6 +14,7 @@ COMMANDS = (
     "host_tools.tariff_cmd",
     "host_tools.export",
     "host_tools.flash",
+    "host_tools.console",
 )
 
 

@@ -264,29 +264,6 @@ def test_a_hung_task_starves_the_watchdog():
     asyncio.run(main())
 
 
-def test_console_serves_a_command_table_over_a_stream():
-    async def main():
-        ticks = VirtualTicks()
-        reader = asyncio.StreamReader()
-        out = []
-        s = Stall(ticks)
-        s.app.console_io = (reader, out.append)
-        s.app.console.register("hello", lambda args: "hi " + " ".join(args), "greets")
-        s.start()
-        reader.feed_data(b"help\nstatus\nhello stall 1\nnope\n\n")
-        await ticks.run_for(2000)
-        reader.feed_eof()
-        await ticks.run_for(1000)
-        s.app.stop()
-        await s.task
-        return out
-
-    out = asyncio.run(main())
-    assert "hello  greets" in out[0] and "status" in out[0]
-    assert '"station":"st-01"' in out[1] and STATION_KEY.hex() not in out[1]
-    assert out[2] == "hi stall 1\n" and out[3].startswith("console: unknown command nope")
-
-
 def test_many_stalls_run_in_one_loop_each_with_its_own_identity_and_files():
     async def main():
         ticks = VirtualTicks()
@@ -336,4 +313,4 @@ def test_an_unprovisioned_stall_runs_only_its_console_and_watchdog():
         return app, out
 
     app, out = asyncio.run(main())
-    assert app.core is None and '"state":"unprovisioned"' in out[0] and app.wdt.feeds > 0
+    assert app.core is None and "not provisioned" in "".join(out) and app.wdt.feeds > 0

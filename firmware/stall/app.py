@@ -83,6 +83,7 @@ class App:
         now = self.clock.now_ms()
         boot, safe, reason = self.guard.begin(self.reset)
         core = StallCore(self.cfg, self.fs, self.root)
+        self.console.attach(core)  # its event tap sees the boot events too
         self.boot_no = core.start(now, boot, safe, reason)
         self.guard.set_boot(self.boot_no)
         self.safe = safe
@@ -190,6 +191,7 @@ class App:
         while True:
             now = clock.now_ms()
             core.tick(now)
+            self.console.watch(now)  # the console's log of what changed
             self.guard.alive(now)
             h.beat("accounting", now)
             await clock.sleep_ms(core.cfg["tick_ms"])
