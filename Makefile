@@ -23,6 +23,7 @@ help:
 	@echo "make setup     create .venv, install the project and dev tools, the MicroPython VM, stubs and mosquitto"
 	@echo "make test      setup, then compile device code with mpy-cross, type-check, run the whole suite"
 	@echo "make bench     run the benchmarks and print their numbers"
+	@echo "make chaos     fault-injection runs: RUNS=1000 JOBS=2, or SEED=123 to replay one"
 	@echo "make demo      run the demo site end to end"
 
 setup: $(VENV_STAMP) $(NPM_STAMP) $(STUB_STAMPS) debs
@@ -71,8 +72,26 @@ test-fast: setup
 bench: setup
 	$(PY) -m bench
 
+# The fault-injection suite beyond the few seeds in `make test` (docs/testing.md):
+# make chaos SEED=123 replays one run; make chaos RUNS=1000 JOBS=2 [FIRST=1] [MODE=mem|broker].
+.PHONY: chaos
+chaos: setup
+	$(PY) -m tests.chaos $(if $(SEED),--seed $(SEED),--runs $(or $(RUNS),100) --first $(or $(FIRST),1) --jobs $(or $(JOBS),1)) \
+	  $(if $(MODE),--mode $(MODE)) $(CHAOS_ARGS)
+
 clean:
 	rm -rf .venv .stamps $(MPVM)/node_modules build .pytest_cache .hypothesis .mypy_cache
+
+# The demo (docs/demo.md): a broker, the bridge, a simulated site under a live
+# view, the billing summary and exports. Optional: SPEED=X (simulated seconds
+# per real second; default: about a minute), SCENARIO=FILE, BROKER=mosquitto|amqtt,
+# DEMO_ARGS="--plain ...". Setup first; when it cannot finish (no apt, so no
+# mosquitto), .venv alone is enough: the embedded broker stands in.
+demo:
+	@$(MAKE) --no-print-directory setup || { $(MAKE) --no-print-directory $(VENV_STAMP) && \
+	  echo "make demo: setup did not finish (see above); going on with .venv alone" >&2; }
+	$(PY) -m host_tools.demo $(if $(SPEED),--speed $(SPEED)) $(if $(SCENARIO),--scenario $(SCENARIO)) \
+	  $(if $(BROKER),--broker $(BROKER)) $(DEMO_ARGS)
 
 # Flash and enrol one stall controller (docs/flashing.md). Optional: DB=URL,
 # WIFI_SSID=..., WIFI_PASSWORD_FILE=..., FLASH_ARGS="--dry-run" (or --replace, ...).

@@ -15,6 +15,8 @@ COMMANDS = (
     "host_tools.export",
     "host_tools.flash",
     "host_tools.console",
+    "host_tools.sim",
+    "host_tools.demo",
 )
 
 
