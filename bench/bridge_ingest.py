@@ -550,9 +550,14 @@ def run(messages=40000, stations=1000, sites=20, dbs=("sqlite", "postgresql"), e
             out("load average before the drains: %.2f %.2f %.2f (other work on this machine competes)" % os.getloadavg())
             # The bare subscriber drains before and after the bridges; the
             # ratio uses the mean, so both see about the same machine load.
+            cpu0 = cpu_snapshot()
+            c0 = time.process_time()
             n, dt = bare_drain(broker.port, "bench-bare-1", len(backlog))
+            bare_cpu = (time.process_time() - c0) / n * 1e6
+            broker_cpu = cpu_split(cpu0, cpu_snapshot(), 0, broker.proc.pid)["broker"] / n * 1e6
             bare_runs = [n / dt]
             out("bare paho subscriber (manual PUBACKs per 500): %6.0f msg/s  (%.2f s)" % (n / dt, dt))
+            out("    CPU per record: subscriber %.0f us, mosquitto %.0f us" % (bare_cpu, broker_cpu))
             for name, d, root in runs:
                 r = bridge_drain(broker, tmp, name, urls[name], backlog, keys_, extra, root)
                 results[name] = r

@@ -69,7 +69,7 @@ def register(sub):
     p.add_argument("--connect-timeout", type=float, default=30.0, metavar="S", help="real seconds for every stall to connect (30)")
     p.add_argument("--wait-occupancy", type=float, metavar="S", help="real seconds to wait for the bridge's occupancy report before the world starts (5 with --db, else 0)")
     p.add_argument("--sample-ms", type=int, metavar="MS", help="sampling period in simulated ms (default: scaled to stalls x speed)")
-    p.add_argument("--pump-ms", type=int, metavar="MS", help="outbox pump period in simulated ms (default: the sampling period)")
+    p.add_argument("--pump-ms", type=int, metavar="MS", help="outbox pump period in simulated ms (default: twice the sampling period, at most 1000)")
     p.add_argument("--console-pty", nargs="?", const="1", metavar="STALLS", help="serve the consoles of these stalls (1; 1,3; all) on pseudo-terminals")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.add_argument("--check", action="store_true", help="validate the scenario and the flags, print the ground truth, run nothing")
@@ -102,9 +102,10 @@ def _check_flags(args):
         raise UserError("--speed must be above 0 and at most 100000")
     if args.drain_timeout < 0 or args.connect_timeout <= 0:
         raise UserError("--drain-timeout must be >= 0 and --connect-timeout > 0")
-    for flag, v in (("--sample-ms", args.sample_ms), ("--pump-ms", args.pump_ms)):
-        if v is not None and not 10 <= v <= 900:
-            raise UserError(flag + " must be from 10 to 900 (simulated ms; a second must see a sample)")
+    if args.sample_ms is not None and not 10 <= args.sample_ms <= 900:
+        raise UserError("--sample-ms must be from 10 to 900 (simulated ms; every second must see a sample)")
+    if args.pump_ms is not None and not 10 <= args.pump_ms <= 5000:
+        raise UserError("--pump-ms must be from 10 to 5000 (simulated ms)")
 
 
 def _print_truth(sc, stalls, faults, seed):
@@ -166,7 +167,8 @@ def run(args):
     eng = _engine()
     timing = eng.defaults(stalls, args.speed)
     if args.sample_ms:
-        timing["sample_ms"] = timing["pump_ms"] = args.sample_ms
+        timing["sample_ms"] = args.sample_ms
+        timing["pump_ms"] = min(1000, 2 * args.sample_ms)
     if args.pump_ms:
         timing["pump_ms"] = args.pump_ms
     # The stalls' clocks must not run ahead of the bridge's by an occupancy TTL:

@@ -368,10 +368,13 @@ class Simulation:
     ticks_start  first tick value of every stall ("random": spread over the
                  2**30 period with the seed, so some stalls wrap mid-run)
     boot_spread_s  each stall has been up a random whole number of seconds
-                 below this when the scenario starts (0: all boot at its start)"""
+                 below this when the scenario starts (0: all boot at its start)
+    probe        measure the event loop's lag (one probe per loop is enough
+                 when several simulations share it)"""
 
     def __init__(self, scenario, broker, keys=None, stalls=None, speed=60.0, state_dir=None, seed=0, faults=(), config=None,
-                 timing=None, out=print, console=None, wait_occupancy=0.0, ticks_start=0, connect_timeout=30.0, boot_spread_s=600):
+                 timing=None, out=print, console=None, wait_occupancy=0.0, ticks_start=0, connect_timeout=30.0, boot_spread_s=600,
+                 probe=True):
         from host_tools import sim_keys
 
         self.scenario = scenario
@@ -403,6 +406,7 @@ class Simulation:
         self.ticks_start = ticks_start
         self.connect_timeout = connect_timeout
         self.boot_spread_s = boot_spread_s
+        self.probe = probe
         # Above every number these station ids used before (as `overstay flash` sets it).
         self.seq_floor = time.time_ns() // 1000000
         ids = [scenario.station(i, self.n) for i in range(1, self.n + 1)]
@@ -582,7 +586,8 @@ class Simulation:
                 st.task = asyncio.create_task(self._life(st))
             if groups > 1:
                 await asyncio.sleep(spread / groups)
-        self._probe = asyncio.create_task(self._lag_probe())
+        if self.probe:
+            self._probe = asyncio.create_task(self._lag_probe())
         t0 = time.monotonic()
         while time.monotonic() - t0 < self.connect_timeout:
             if all(st.app.link.connected for st in self.stalls):

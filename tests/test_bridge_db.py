@@ -86,3 +86,36 @@ def test_transactions_roll_back_on_error(tmp_path):
     with db.tx():
         assert db.one("SELECT COUNT(*) FROM sites")[0] == 0
     db.close()
+
+
+def test_sqlite_writer_waits_for_another_writer_then_times_out(tmp_path):
+    # tx() polls for the write lock itself (every 0.2 to 2 ms: SQLite's own
+    # busy handler sleeps up to 100 ms between tries) until the timeout.
+    import threading
+    import time
+
+    url = sqlite_url(tmp_path / "w.db")
+    a, b = dbmod.open_db(url), dbmod.connect(url, timeout=0.5)
+    try:
+        a.conn.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.03, lambda: a.conn.execute("COMMIT")).start()
+        t0 = time.monotonic()
+        with b.tx():
+            pass
+        assert 0.025 < time.monotonic() - t0 < 0.4
+        a.conn.execute("BEGIN IMMEDIATE")
+        t0 = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError):
+            with b.tx():
+                pass
+        assert time.monotonic() - t0 >= 0.45
+        a.conn.execute("COMMIT")
+        assert b.one("PRAGMA busy_timeout")[0] == 500  # restored for everything else
+        # A read transaction never takes the write lock.
+        a.conn.execute("BEGIN IMMEDIATE")
+        with b.read_tx():
+            assert b.one("SELECT COUNT(*) FROM stations")[0] == 0
+        a.conn.execute("COMMIT")
+    finally:
+        a.close()
+        b.close()

@@ -59,3 +59,29 @@ def test_first_scan_waits_for_reordered_messages(tmp_path):
     send(4)
     gaps.scan(db, now=now + 31, settle_s=30)
     assert floor() == 5 and gaps.open_gaps(db) == []
+
+
+def test_sqlite_scan_decides_without_the_write_lock_and_yields_to_another_scanner(tmp_path, monkeypatch):
+    # The pass reads a snapshot and decides with the file unlocked (the ingest
+    # worker keeps writing); if another scanner wrote meanwhile, it writes nothing.
+    db, send, floor = _rig(tmp_path)
+    other = dbmod.connect(sqlite_url(tmp_path / "b.db"), timeout=0.5)
+    send(1, 2, 6)
+    plan = gaps._plan
+    seen = {}
+
+    def plan_then_check_lock(*a, **kw):
+        with other.tx():  # would time out if the scan held the write lock here
+            seen["free"] = True
+            if "meddle" in seen:
+                other.execute("UPDATE stations SET floor_n = 1 WHERE station = 'st-01'")
+        return plan(*a, **kw)
+
+    monkeypatch.setattr(gaps, "_plan", plan_then_check_lock)
+    seen["meddle"] = True
+    r = gaps.scan(db, now=10_000_000_000, settle_s=0)
+    assert seen["free"] and r.skipped and gaps.open_gaps(db) == [] and floor() == 1
+    del seen["meddle"]
+    r = gaps.scan(db, now=10_000_000_000, settle_s=0)
+    assert not r.skipped and r.opened == [("st-01", 3, 5)] and floor() == 2
+    other.close()

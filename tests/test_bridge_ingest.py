@@ -1,10 +1,11 @@
 # Tests for host_tools/bridge/ingest.py (no broker): classification, exactly-once storage, rejects, quarantine, fee checks.
+import hashlib
 import json
 
 import pytest
 
 from host_tools.bridge import db as dbmod
-from host_tools.bridge import gaps, ingest, tariffs
+from host_tools.bridge import fastwire, gaps, ingest, tariffs
 from protocol import canonjson, hmac256, wire
 from tests.bridge_helpers import TARIFF, TIERED, T0, pg_database, pg_url, register, session_record, sqlite_url  # noqa: F401
 
@@ -237,3 +238,49 @@ def test_values_the_database_cannot_hold_are_rejected_not_retried(rig):
     assert res.rejects == {"schema": 2} and rig.stored()["audit"] == 0
     with rig.db.tx():
         assert sorted(r[0] for r in rig.db.all("SELECT detail FROM rejects")) == ["connector is out of the 64-bit range", "plug_in is out of the 64-bit range"]
+
+
+def test_session_id_stored_by_another_bridge_meanwhile_is_a_race_then_a_resend(pg_url):  # noqa: F811
+    # Bridge A looks up (station, session_id), finds nothing; bridge B commits
+    # the same session under another n; A's COPY then meets B's unique key:
+    # a race (db.is_race), and running A's batch again classifies it properly.
+    import threading
+
+    a_db, b_db = dbmod.open_db(pg_url), dbmod.connect(pg_url)
+    try:
+        rig = Rig(a_db)
+        mine, theirs = rig.session(2), rig.session(1)  # the same record (same session_id) under n 2 and n 1
+        body = session_record("st-01")
+        # B's rows, in a transaction it keeps open while A runs into them.
+        b_db.execute(
+            "INSERT INTO audit (station, n, kind, site, t, digest, raw, key_index, received_at)"
+            " VALUES ('st-01', 1, 'session', 'lot-a', ?, ?, ?, 0, 0)",
+            (T0, hashlib.sha256(theirs.payload).digest(), theirs.payload),
+        )
+        b_db.execute(
+            "INSERT INTO sessions (station, n, site, connector, session_id, plug_in, unplug, fee, currency, tariff_id,"
+            " tariff_version, minutes, timeline, body_digest, received_at)"
+            " VALUES ('st-01', 1, 'lot-a', 1, ?, ?, ?, ?, 'USD', 'T0', 1, '[]', '[]', ?, 0)",
+            (body["session_id"], body["plug_in"], body["unplug"], body["fee"], hashlib.sha256(fastwire.body_bytes(theirs.payload)).digest()),
+        )
+        out = {}
+
+        def run_a():
+            try:
+                rig.send(mine)
+            except Exception as e:  # noqa: BLE001 - the race is the point
+                out["error"] = e
+
+        t = threading.Thread(target=run_a)
+        t.start()
+        t.join(1.0)
+        assert t.is_alive()  # A waits on B's uncommitted unique key
+        b_db.conn.commit()
+        t.join(10)
+        assert a_db.is_race(out["error"])
+        res = rig.send(mine)  # what the worker does: the batch again
+        assert res.duplicates == {"session_resent": 1} and res.acks["st-01"][2] == [2]
+        assert rig.count("sessions") == 1 and rig.count("audit") == 2
+    finally:
+        a_db.close()
+        b_db.close()

@@ -1,6 +1,6 @@
 # The simulator end to end: stall firmware instances through a real Mosquitto into the real bridge (SQLite), checked against the scenario's ground truth.
 #
-# One run of a four-stall scenario at 30x carries every check, to keep the
+# One run of a four-stall scenario at 20x carries every check, to keep the
 # suite fast: each car's session is in the bridge's database exactly once;
 # its statuses are the ground truth's to the second; its occupancy entries
 # are values the site really had shortly before; its fee is what the idle-fee
@@ -13,19 +13,21 @@
 #              that caused it and published the new percentage: real time
 #              (milliseconds to a second) times the speed. As the bridge's own
 #              fee verification does (an occupancy event must match a value in
-#              force within --occupancy-tolerance of its instant), an entry
-#              at t must be a value the site had at some instant of
-#              [t - OCC_DELAY_S, t]. The scenario is laid out so that no
-#              billed minute starts within OCC_DELAY_S after a change that
-#              alters its rate: the fee range is then a single value and the
-#              fee is checked exactly.
+#              force within --occupancy-tolerance of its instant), an entry at
+#              t must be a value the site had at some instant of
+#              [t - OCC_DELAY_S, t] (20 simulated seconds: a second of real
+#              time at 20x for the broker and the bridge). The scenario is
+#              laid out so that no billed minute starts within OCC_DELAY_S
+#              after a change that alters its rate: the fee range is then a
+#              single value and the fee is checked exactly.
 #   instants   the firmware stamps a change at the first sample that sees it.
 #              The cars change at whole seconds and the stalls' clocks are
 #              aligned to the world's, so a sample within the same second
-#              gives the exact instant; the test asserts the largest gap
-#              between two samples stayed under a second of simulated time
-#              (33 ms of real time at 30x), and otherwise allows that many
-#              seconds of lateness (a loaded machine), never earliness.
+#              gives the exact instant. While the largest gap between two
+#              samples stays under a simulated second (50 ms of real time at
+#              20x) instants must be exact; on a machine loaded enough to
+#              exceed that, they may be that many seconds late, never early,
+#              and the fee is then checked against the record's own timeline.
 #   power cut  up to heartbeat_s (60 s) of idle time before the cut may be
 #              lost in the driver's favour (docs/firmware.md): t_down is read
 #              from the record and checked to lie in [cut - 61, cut]; the
@@ -43,7 +45,7 @@ from protocol import fee, wire
 from tests.bridge_helpers import InProcessBridge, rows, sqlite_url
 
 OCC_DELAY_S = 20
-SPEED = 30
+SPEED = 20
 TARIFF = {"id": "e2e", "version": 1, "currency": "USD", "grace_s": 30, "rate": 0,
           "tiers": [{"min_occupancy_pct": 50, "rate": 60}, {"min_occupancy_pct": 100, "rate": 120}]}
 SCENARIO = {

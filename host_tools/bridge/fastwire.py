@@ -31,8 +31,11 @@ def _no_float(text):
 _MAX_TAIL = 260  # longest possible match of _TAIL_RE
 _SHA256 = hashlib.sha256
 # A number json would read as a float ("." or a digit then e/E), or a run of
-# 19+ digits (orjson turns integers beyond 64 bits into floats). Strings can
-# trigger it too (a hex id, a version "1.2"): that only means the slow path.
+# 19+ digits (orjson turns integers beyond 64 bits into floats; so no
+# integer on the fast path is beyond the 64-bit range). Strings can trigger
+# it too (a hex id, a version "1.2"): that only means the slow path. (One
+# regular expression for all of it costs 6x more: Python's re retries each
+# alternative at every byte.)
 _TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 
 
@@ -41,6 +44,29 @@ def _floatish(data):
         return True
     z = data.translate(_TO_ZERO)
     return b"0e" in z or b"0E" in z or b"0000000000000000000" in z
+
+
+def _doubtful(data, end):
+    """True when data[:end] (the signed part) holds a float, a huge integer or
+    a surrogate (escaped \\ud800.. or raw UTF-8 ED A0..ED BF), which
+    canonjson.loads repairs or refuses: wire.decode decides those."""
+    if _floatish(data[:end]):
+        return True
+    if b"\\u" in data and (b"\\ud" in data or b"\\uD" in data):
+        return True
+    return b"\xed" in data
+
+
+class FastMessage(wire.Message):
+    """A wire.Message from the fast path; body_end is where the body's JSON
+    text ends in raw (it starts at 5), and every integer in it has at most
+    18 digits (so fits a 64-bit column)."""
+
+    __slots__ = ("body_end",)
+
+    def __init__(self, kind, sender, seq, t, body, raw, digest, key_index, body_end):
+        wire.Message.__init__(self, kind, sender, seq, t, body, raw, digest, key_index)
+        self.body_end = body_end
 
 
 try:  # orjson parses a session record about 5x faster than json
@@ -96,9 +122,10 @@ def _fast(data, key_for, expect_sender, leaf, max_size):
             keys = (keys,)
         if not keys:
             return None
-        signed = data[: n - 74] + b"}"
+        end = n - 74  # the signed bytes are data[:end] + b"}"
         sig = bytes.fromhex(sig_b.decode())
         key_index = -1
+        view = memoryview(data)[:end]
         for idx, key in enumerate(keys):
             base = _BASES.get(key)
             if base is None:
@@ -108,19 +135,19 @@ def _fast(data, key_for, expect_sender, leaf, max_size):
                     _BASES.clear()
                 base = _BASES[bytes(key)] = hmac.new(key, digestmod=_SHA256)
             h = base.copy()
-            h.update(signed)
+            h.update(view)
+            h.update(b"}")
             if hmac.compare_digest(h.digest(), sig):
                 key_index = idx
                 break
+        view.release()
         if key_index < 0:
             return None
-        # canonjson.loads repairs or refuses surrogates and bounds the depth:
-        # leave those rare payloads to it. The bracket count bounds the depth.
-        if b"\\ud" in data or b"\\uD" in data or b"\xed" in data:
+        # Floats, huge integers and surrogates go to the reference decoder;
+        # the bracket count bounds the nesting depth.
+        if _doubtful(data, end):
             return None
         if data.count(b"{") + data.count(b"[") > wire.canonjson.MAX_DEPTH:
-            return None
-        if _floatish(signed):
             return None
         env = _loads(data)
         kind = kind_b.decode()
@@ -143,7 +170,7 @@ def _fast(data, key_for, expect_sender, leaf, max_size):
             return None
         if leaf in wire.LEAF_OP and body["op"] != wire.LEAF_OP[leaf]:
             return None
-        return wire.Message(kind, sender, seq, t, body, data, _SHA256(data).digest(), key_index)
+        return FastMessage(kind, sender, seq, t, body, data, _SHA256(data).digest(), key_index, m.start())
     except Exception:  # any doubt: the reference implementation decides
         return None
 
@@ -196,3 +223,9 @@ def body_bytes(raw):
     """The body's JSON text exactly as signed (raw minus the envelope), for content digests."""
     m = _TAIL_RE.search(raw, len(raw) - _MAX_TAIL if len(raw) > _MAX_TAIL else 0)
     return raw[5 : m.start()] if m else raw
+
+
+def msg_body_bytes(msg):
+    """body_bytes(msg.raw), without searching again for a fast-path message."""
+    end = getattr(msg, "body_end", None)
+    return msg.raw[5:end] if end is not None else body_bytes(msg.raw)

@@ -6,14 +6,15 @@
 # acknowledge once the transaction has committed. Nothing here talks MQTT,
 # so the whole pipeline is tested against a bare database.
 #
+#   All of it runs in one transaction per batch:
 #   1. Station records (site, valid keys, low-water mark) come from a cache
 #      refreshed every key_cache_s; misses are fetched in one query.
 #   2. Each payload is decoded with fastwire.decode (wire.decode's verdicts)
 #      under expect_sender = the topic's station and leaf = the topic's leaf;
 #      then the topic's site must be the station's registered site.
-#   3. Inside one transaction, one query per table finds what the database
-#      already holds for the batch: audit (station, n) -> digest, the
-#      connectors' latest states, sessions by (station, session_id).
+#   3. One query per table finds what the database already holds for the
+#      batch: audit (station, n) -> digest, the connectors' latest states,
+#      sessions by (station, session_id).
 #   4. Each message is classified in arrival order (docs/bridge.md):
 #        same (station, n), same digest      duplicate: stored once, acked again
 #        same (station, n), other digest     conflict: quarantined, not acked
@@ -23,7 +24,8 @@
 #        otherwise                           new: audit + events/sessions/states
 #   5. Bulk writes (executemany; on PostgreSQL an unnest INSERT ... RETURNING
 #      on the audit ledger, so a row another bridge committed first turns
-#      into a duplicate or a conflict instead of a double insert).
+#      into a duplicate or a conflict instead of a double insert, and COPY
+#      for the events and sessions hanging off the rows just inserted).
 #   6. The caller commits (by leaving the transaction), then MQTT-acks every
 #      message of the batch and publishes one application ack per station.
 import hashlib
@@ -181,8 +183,7 @@ class Ingestor:
             want.append(s)
         if not want:
             return
-        with self.db.tx():
-            recs = keys.station_records(self.db, want, int(self.clock()))
+        recs = keys.station_records(self.db, want, int(self.clock()))  # inside the caller's transaction
         for s in want:
             r = recs.get(s)
             if r is None:
@@ -228,8 +229,20 @@ class Ingestor:
             parsed.append(pt)
             if pt is not None and pt[1] is not None:
                 names.add(pt[1])
-        self._refresh_stations(names, mono)
+        # One transaction for the whole batch: the key refresh, then the
+        # classification and the writes (one commit per batch, also on
+        # PostgreSQL, where each statement is a round trip).
+        with self.db.tx():
+            self._refresh_stations(names, mono)
+            self._decode(batch, parsed, decoded, rejects, res, now, mono)
+            self._store(decoded, rejects, res, now, mono)
+        for r in rejects:
+            res.count(res.rejects, r[9])
+            res.reject_details.append((r[3], r[9], r[10]))
+        return res
 
+    def _decode(self, batch, parsed, decoded, rejects, res, now, mono):
+        # Verify each message (fastwire: wire.decode's verdicts) and its site.
         stations = self._stations
 
         def key_for(sender):
@@ -259,13 +272,6 @@ class Ingestor:
                 continue
             decoded.append((m, site, station, leaf, msg))
             res.seen[station] = m.t_recv or mono
-
-        with self.db.tx():
-            self._store(decoded, rejects, res, now, mono)
-        for r in rejects:
-            res.count(res.rejects, r[9])
-            res.reject_details.append((r[3], r[9], r[10]))
-        return res
 
     def _reject(self, m, pt, reason, detail, msg, now, authentic=False):
         site = station = None
@@ -355,7 +361,7 @@ class Ingestor:
                             self._reject(m, (site, station, leaf), wire.ERR_SCHEMA, "session record names station %r" % (body.get("station"),), msg, now, True)
                         )
                         continue
-                    bd = hashlib.sha256(fastwire.body_bytes(msg.raw)).digest()
+                    bd = hashlib.sha256(fastwire.msg_body_bytes(msg)).digest()
                     known = sessions.get((station, body["session_id"]))
                     if known is not None:
                         known_n, known_bd = known
@@ -385,9 +391,11 @@ class Ingestor:
         if lost:
             self._resolve_lost(lost, audit_rows, event_rows, session_recs, state_rows, quarantine, acked, res)
 
-        db.insert_many("events", EVENT_COLS, EVENT_TYPES, sorted(event_rows))
+        # Events and sessions hang off audit rows this transaction inserted:
+        # no other writer can hold their (station, n) (db.append_many).
+        db.append_many("events", EVENT_COLS, EVENT_TYPES, sorted(event_rows))
         if session_recs:
-            db.insert_many("sessions", SESSION_COLS, SESSION_TYPES, self._session_rows(session_recs, res, now))
+            db.append_many("sessions", SESSION_COLS, SESSION_TYPES, self._session_rows(session_recs, res, now))
         if state_rows:
             db.insert_many(
                 "connector_states", STATE_COLS, STATE_TYPES,
@@ -411,7 +419,7 @@ class Ingestor:
     def _audit_digests(self, pairs):
         out = {}
         db = self.db
-        for chunk in _chunks(pairs, 400):
+        for chunk in _chunks(pairs, _lookup_chunk(db)):
             if db.is_pg:
                 rows = db.all(
                     "SELECT a.station, a.n, a.digest FROM audit a JOIN unnest(?::text[], ?::bigint[]) AS k(station, n)"
@@ -431,7 +439,7 @@ class Ingestor:
     def _states(self, keys_):
         out = {}
         db = self.db
-        for chunk in _chunks(keys_, 400):
+        for chunk in _chunks(keys_, _lookup_chunk(db)):
             if db.is_pg:
                 rows = db.all(
                     "SELECT c.station, c.connector, c.n, c.plugged_since FROM connector_states c"
@@ -451,7 +459,7 @@ class Ingestor:
     def _sessions(self, keys_):
         out = {}
         db = self.db
-        for chunk in _chunks(keys_, 400):
+        for chunk in _chunks(keys_, _lookup_chunk(db)):
             if db.is_pg:
                 rows = db.all(
                     "SELECT s.station, s.session_id, s.n, s.body_digest FROM sessions s"
@@ -509,13 +517,14 @@ class Ingestor:
                 wanted.add(k)
         if wanted:
             self._tariffs.update(tariffs.lookup(self.db, sorted(wanted)))
-        histories = self._histories(recs)
+        evs = [verify.occupancy_events(msg.body.get("timeline")) for msg, _, _ in recs]
+        histories = self._histories(recs, evs)
         tol = self.config.occupancy_tolerance_s
         rows = []
-        for msg, site, bd in recs:
+        for (msg, site, bd), ev in zip(recs, evs):
             b = msg.body
             tariff = self._tariffs.get((site, b["tariff_id"], b["tariff_version"]))
-            v = verify.verify(b, tariff, histories.get(site), tol)
+            v = verify.verify(b, tariff, histories.get(site), tol, ev)
             res.fee_checks.append((msg.sender, b["session_id"], v.fee_verified, v.reason))
             rows.append(
                 (
@@ -551,11 +560,11 @@ class Ingestor:
         rows.sort(key=lambda r: (r[0], r[1]))
         return rows
 
-    def _histories(self, recs):
+    def _histories(self, recs, evs):
         # The bridge's occupancy history around the batch's occupancy events, per site.
         spans = {}
-        for msg, site, _ in recs:
-            for t, _pct in verify.occupancy_events(msg.body.get("timeline")):
+        for (msg, site, _), ev in zip(recs, evs):
+            for t, _pct in ev:
                 lo, hi = spans.get(site, (t, t))
                 spans[site] = (min(lo, t), max(hi, t))
         out = {}
@@ -612,6 +621,8 @@ class Ingestor:
 
 def _out_of_range(msg):
     # The name of an integer field too large for the database, or None.
+    if type(msg) is fastwire.FastMessage:
+        return None  # the fast path holds no integer of more than 18 digits
     b = msg.body
     names = _SESSION_INTS if msg.kind == wire.SESSION else ("connector",)
     for k in names:
@@ -622,7 +633,7 @@ def _out_of_range(msg):
 
 
 def _body_json(msg):
-    return fastwire.body_bytes(msg.raw).decode("utf-8")
+    return fastwire.msg_body_bytes(msg).decode("utf-8")
 
 
 def _int_or_none(v):
@@ -633,6 +644,13 @@ def _bool_int(v):
     if v is None:
         return None
     return 1 if v else 0
+
+
+def _lookup_chunk(db):
+    # Keys per lookup query: PostgreSQL takes them as two arrays (one query
+    # for any batch); SQLite as 2 parameters each, and SQLite before 3.32
+    # allows 999 parameters per statement.
+    return 5000 if db.is_pg else 400
 
 
 def _chunks(seq, size):

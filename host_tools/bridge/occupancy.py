@@ -14,18 +14,24 @@ from protocol import wire
 
 
 def compute(db):
-    """{site: (occupied, stalls)} for every site with stations. Call inside a transaction."""
-    stalls = {}
-    seen = dict(db.all("SELECT station, MAX(connector) FROM connector_states WHERE connector >= 1 GROUP BY station"))
-    for station, site, connectors in db.all("SELECT station, site, connectors FROM stations"):
-        stalls[site] = stalls.get(site, 0) + max(connectors or 0, seen.get(station) or 0)
+    """{site: (occupied, stalls)} for every site with stations. Call inside a transaction.
+
+    All in SQL: the housekeeping thread shares the paho process, and a loop
+    over every station in Python each second grows with the fleet."""
+    stalls = dict(
+        db.all(
+            "SELECT s.site, SUM(CASE WHEN c.top > COALESCE(s.connectors, 0) THEN c.top ELSE COALESCE(s.connectors, 0) END)"
+            " FROM stations s LEFT JOIN (SELECT station, MAX(connector) AS top FROM connector_states"
+            " WHERE connector >= 1 GROUP BY station) c ON c.station = s.station GROUP BY s.site"
+        )
+    )
     occupied = dict(
         db.all(
             "SELECT st.site, COUNT(*) FROM connector_states c JOIN stations st ON st.station = c.station"
             " WHERE c.occupied = 1 AND c.connector >= 1 GROUP BY st.site"
         )
     )
-    return {site: (occupied.get(site, 0), total) for site, total in stalls.items()}
+    return {site: (occupied.get(site, 0), int(total or 0)) for site, total in stalls.items()}
 
 
 def pct(occupied, total):
@@ -62,18 +68,27 @@ class Publisher:
         now = int(self.clock())
         out = []
         signed = []
-        with self.db.tx():
+        # Counting reads a snapshot without the write lock (SQLite has one
+        # for the whole file, and the ingest worker needs it); only a site
+        # whose value is due takes it, to draw its n and write the history.
+        with self.db.read_tx():
             if self._last is None:
                 self._last = self._load_last()
             counts = compute(self.db)
-            keys = dict(self.db.all("SELECT site, site_key FROM sites")) if counts else {}
-            ns = dict(self.db.all("SELECT site, occupancy_n FROM sites")) if counts else {}
-            for site in sorted(counts):
-                occ, total = counts[site]
-                p = pct(occ, total)
-                changed = self._last.get(site) != p
-                due = changed or mono - self._published.get(site, -1e18) >= self.interval_s
-                if not due or site not in keys:
+        due = []
+        for site in sorted(counts):
+            occ, total = counts[site]
+            p = pct(occ, total)
+            changed = self._last.get(site) != p
+            if changed or mono - self._published.get(site, -1e18) >= self.interval_s:
+                due.append((site, occ, total, p, changed))
+        if not due:
+            return out
+        with self.db.tx():
+            keys = dict(self.db.all("SELECT site, site_key FROM sites"))
+            ns = dict(self.db.all("SELECT site, occupancy_n FROM sites"))
+            for site, occ, total, p, changed in due:
+                if site not in keys:
                     continue
                 n = tariffs.next_site_n(ns.get(site))
                 body = {"op": wire.OP_OCCUPANCY, "occupancy": p}

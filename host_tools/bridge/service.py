@@ -1,36 +1,46 @@
-# The bridge process: paho-mqtt network thread, one writer thread (batch, commit, ack), one housekeeping thread.
+# The bridge process: paho-mqtt network thread, feeder and acker threads, housekeeping; verification and the database in a worker process.
 #
-# Threads and hand-offs
-# ---------------------
-#   paho network thread   on_message only appends (topic, payload, mid) to a
-#                         deque: no parsing, no database.
-#   writer thread         takes up to batch_max messages (waiting at most
-#                         batch_ms for more once one is there), runs
-#                         Ingestor.process (verify, one transaction), then,
-#                         after the commit: client.ack(mid) for every
-#                         message and one signed ack per station. A failed
-#                         commit acks nothing and retries the same batch.
+# Processes, threads and hand-offs
+# --------------------------------
+#   paho network thread   on_message only appends (topic, payload, mid, qos,
+#                         receipt time) to a deque: no parsing, no database.
+#   feeder thread         moves what arrived to the worker process over a
+#                         pipe, in arrival order, and keeps (mid, qos) of
+#                         each message in the same order.
+#   worker process        worker.py: batches, Ingestor.process (verify, one
+#                         transaction), commit, signs the station acks, and
+#                         reports `done` (messages handled so far) with the
+#                         acks to publish.
+#   acker thread          after each report: client.ack(mid) for every
+#                         message up to `done` (all committed), then publishes
+#                         the station acks; metrics and logs from the report.
 #   housekeeping thread   occupancy (on change and every interval), gap
 #                         scan and alerts. On PostgreSQL only the process
 #                         holding an advisory lock does it (leader).
+#
+# Two processes because one Python process runs one thread at a time (the
+# GIL): receiving and verifying would take turns on one core.
 #
 # Everything this process publishes at QoS 1 goes through a window of at
 # most ack_window unconfirmed messages: paho's message ids wrap at 65,535,
 # and an unbounded paho queue would hide a broker that stopped answering.
 import collections
+import multiprocessing
 import os
-import signal
+import sys
 import threading
 import time
 
 from host_tools.bridge import db as dbmod
-from host_tools.bridge import fastwire, gaps, ingest, mqttconn, occupancy
+from host_tools.bridge import gaps, ingest, mqttconn, occupancy, worker
 from host_tools.bridge.logs import Log
 from host_tools.bridge.metrics import Metrics
+from host_tools.bridge.worker import MAX_ACKS_PER_MESSAGE, AckCounter  # noqa: F401 - part of this module's API
 from protocol import wire
 
 _LEADER_LOCK = 0x6F766C64  # "ovld": pg_try_advisory_lock key of the housekeeping leader
-MAX_ACKS_PER_MESSAGE = 500  # keeps an ack far below wire.MAX_SIZE
+_CHUNK_MAX = 1000  # messages per pipe write to the worker
+_CHUNK_MIN = 200  # while the worker is busy, gather at least this many (or wait 2 ms) per write
 
 
 class Settings:
@@ -46,6 +56,10 @@ class Settings:
         self.batch_max = kw.get("batch_max", 500)
         self.batch_ms = kw.get("batch_ms", 5.0)
         self.ack_window = kw.get("ack_window", 1000)
+        # A streaming station's acks (previous acked commit less than
+        # ack_stream_s ago) are held up to ack_hold_s and merged (worker.py).
+        self.ack_hold_s = kw.get("ack_hold_s", 1.0)
+        self.ack_stream_s = kw.get("ack_stream_s", 0.5)
         self.key_cache_s = kw.get("key_cache_s", 5.0)
         self.occupancy_interval_s = kw.get("occupancy_interval_s", 60.0)
         self.occupancy_check_s = kw.get("occupancy_check_s", 1.0)
@@ -57,23 +71,6 @@ class Settings:
         self.drain_s = kw.get("drain_s", 5.0)
         self.keepalive = kw.get("keepalive", 30)
         self.fault = kw.get("fault", os.environ.get("OVERSTAY_FAULT", ""))
-
-
-class AckCounter:
-    """n for the bridge's acks: Unix ms * 1000 + instance, strictly increasing in this process."""
-
-    def __init__(self, instance):
-        if not 0 <= instance <= 999:
-            raise ValueError("instance must be 0..999")
-        self.instance = instance
-        self.last = 0
-
-    def next(self):
-        n = int(time.time() * 1000) * 1000 + self.instance
-        if n <= self.last:
-            n = self.last + 1
-        self.last = n
-        return n
 
 
 class Window:
@@ -136,26 +133,31 @@ class Window:
 
 class Bridge:
     def __init__(self, settings, log=None, metrics=None):
+        AckCounter(settings.instance)  # raises ValueError for an instance outside 0..999
         self.s = settings
         self.log = log or Log()
         self.metrics = metrics or Metrics()
         self.stop_event = threading.Event()
         self.stopped = threading.Event()
-        self.queue = collections.deque()
+        self.inbox = collections.deque()  # (topic, payload, mid, qos, t_recv) from paho
+        self.unacked = collections.deque()  # (mid, qos) of what went to the worker, in order
         self.wake = threading.Event()
         self.window = Window(settings.ack_window, self.metrics)
-        self.acks = AckCounter(settings.instance)
         self.dirty_sites = set()
         self.hk_wake = threading.Event()
         self.client = None
-        self.db = None
-        self.ingestor = None
+        self.proc = None  # the worker process
+        self._to_worker = None
+        self._from_worker = None
         self._threads = []
+        self._acker_thread = None
         self.connected = threading.Event()
         self.subscribed = threading.Event()
+        self.worker_ready = threading.Event()
         self.batches = 0
         self.error = None
         self._shutting_down = False
+        self._abandoned = 0
 
     # -- MQTT callbacks (paho's network thread: enqueue only) ---------------
 
@@ -201,8 +203,9 @@ class Bridge:
     def _on_message(self, client, userdata, message):
         if self.stop_event.is_set():
             return  # not acked: the broker redelivers it to the next session
-        self.queue.append(ingest.Inbound(message.topic, message.payload, message.mid, message.qos, message.retain, time.monotonic()))
-        self.wake.set()
+        self.inbox.append((message.topic, message.payload, message.mid, message.qos, time.monotonic()))
+        if not self.wake.is_set():
+            self.wake.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         self.window.done(mid)
@@ -221,13 +224,20 @@ class Bridge:
     # -- lifecycle ----------------------------------------------------------
 
     def start(self):
-        """Open the database (migrating it), connect, start the threads."""
+        """Migrate the database, start the worker, connect, start the threads."""
         s = self.s
-        self.db = dbmod.open_db(s.db_url)
-        cfg = ingest.Config(key_cache_s=s.key_cache_s, occupancy_tolerance_s=s.occupancy_tolerance_s)
-        self.ingestor = ingest.Ingestor(self.db, cfg)
+        dbmod.open_db(s.db_url).close()  # migrate (and fail early on a bad URL) before anything runs
+        self.log.info(
+            "starting", db=dbmod.redact(s.db_url), dialect=_dialect(s.db_url),
+            broker=s.broker.url, client_id=s.client_id, share=s.share or "", instance=s.instance, pid=os.getpid(),
+        )
+        self._start_worker()
         c = self.client = mqttconn.make_client(s.broker, s.client_id, clean_session=False, manual_ack=True)
-        c.max_inflight_messages_set(min(1000, max(20, s.ack_window)))
+        # The Window bounds what is in flight. paho's own limit must stay off:
+        # with one set, every PUBACK makes paho walk all its outgoing messages
+        # (Client._update_inflight), which cost the bridge a quarter of its
+        # paho process with a full window.
+        c.max_inflight_messages_set(0)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
@@ -236,20 +246,62 @@ class Bridge:
         c.on_connect_fail = self._on_connect_fail
         c.on_message = self._on_message
         c.on_publish = self._on_publish
-        self.log.info(
-            "starting", db=dbmod.redact(s.db_url), dialect=self.db.dialect, broker=s.broker.url, client_id=s.client_id,
-            share=s.share or "", instance=s.instance, pid=os.getpid(),
-        )
         try:
             c.connect_async(s.broker.host, s.broker.port, keepalive=s.keepalive)
         except (OSError, ValueError) as e:
+            self._stop_worker(0)
             raise dbmod.DatabaseError("cannot connect to the broker: %s" % e) from None
         c.loop_start()
-        for target, name in ((self._writer, "writer"), (self._housekeeping, "housekeeping")):
+        for target, name in ((self._feeder, "feeder"), (self._acker, "acker"), (self._housekeeping, "housekeeping")):
             t = threading.Thread(target=target, name="bridge-" + name, daemon=True)
             t.start()
             self._threads.append(t)
+            if name == "acker":
+                self._acker_thread = t
         return self
+
+    def _start_worker(self):
+        # spawn, not fork: this process may already run threads (tests, the
+        # metrics server), and a forked child would inherit their locks.
+        ctx = multiprocessing.get_context("spawn")
+        to_worker_r, self._to_worker = ctx.Pipe(duplex=False)
+        self._from_worker, from_worker_w = ctx.Pipe(duplex=False)
+        for conn in (self._to_worker, self._from_worker):
+            _grow_pipe(conn)
+        self.proc = ctx.Process(
+            target=worker.main, args=(to_worker_r, from_worker_w, worker.WorkerSettings(self.s)),
+            name="overstay-bridge-worker", daemon=True,
+        )
+        self.proc.start()
+        to_worker_r.close()
+        from_worker_w.close()
+        # The worker opens the database before it says "ready"; a database
+        # that cannot be opened shows here rather than after the first message.
+        if not self._from_worker.poll(60):
+            self._stop_worker(0)
+            raise dbmod.DatabaseError("the ingest worker did not start within 60 s")
+        try:
+            msg = self._from_worker.recv()
+        except EOFError:
+            msg = ("error", "exit code %s" % self.proc.exitcode)
+        if msg[0] != "ready":
+            self._stop_worker(0)
+            raise dbmod.DatabaseError("the ingest worker failed to start: %s" % (msg[1],))
+        self.worker_ready.set()
+        self.log.info("worker_started", pid=msg[1])
+
+    def _stop_worker(self, timeout):
+        if self.proc is None:
+            return
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
+        for conn in (self._to_worker, self._from_worker):
+            try:
+                conn.close()
+            except OSError:
+                pass
 
     def request_stop(self):
         self.stop_event.set()
@@ -260,7 +312,11 @@ class Bridge:
         return self.stopped.wait(timeout)
 
     def run(self):
-        """start(), block until request_stop(), shut down. Returns 0."""
+        """start(), block until request_stop(), shut down. Returns 0 (1 after an internal error)."""
+        # The process is the bridge's own (`overstay bridge`): hand the GIL
+        # over every 1 ms instead of 5, so the housekeeping thread's Python
+        # (a gap scan takes 10 to 25 ms) delays the acker less.
+        sys.setswitchinterval(0.001)
         self.start()
         try:
             while not self.stop_event.wait(0.5):
@@ -274,171 +330,142 @@ class Bridge:
             return
         self._shutting_down = True
         self.request_stop()
+        # The feeder hands over what was received and asks the worker to
+        # drain; the acker acks what the worker commits until it stops.
         for t in self._threads:
-            t.join(self.s.drain_s + 5)
+            t.join(self.s.drain_s + 10)
         if self.client is not None:
             self.window.wait_empty(2.0)
             self.client.disconnect()
             self.client.loop_stop()
-        if self.db is not None:
-            self.db.close()
-        self.log.info("stopped", batches=self.batches, abandoned=len(self.queue))
+        self._stop_worker(5)
+        self.log.info("stopped", batches=self.batches, abandoned=len(self.inbox) + len(self.unacked))
         self.stopped.set()
 
-    # -- writer thread ------------------------------------------------------
+    # -- feeder thread: paho -> worker ----------------------------------------
 
-    def _take(self):
-        q = self.queue
-        batch = []
-        while not q:
-            if self.stop_event.is_set():
-                return batch
-            self.wake.wait(0.2)
-            self.wake.clear()
-        deadline = time.monotonic() + self.s.batch_ms / 1000.0
-        limit = self.s.batch_max
-        while len(batch) < limit:
-            try:
-                batch.append(q.popleft())
-            except IndexError:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.stop_event.is_set():
-                    break
-                self.wake.clear()
-                if not q:
-                    self.wake.wait(min(left, 0.002))
-        return batch
-
-    def _writer(self):
-        drain_deadline = None
+    def _feeder(self):
+        q = self.inbox
+        unacked = self.unacked
+        send = self._to_worker.send
         try:
             while True:
-                if self.stop_event.is_set():
-                    if drain_deadline is None:
-                        drain_deadline = time.monotonic() + self.s.drain_s
-                    if not self.queue or time.monotonic() > drain_deadline:
+                if not q:
+                    if self.stop_event.is_set():
                         break
-                batch = self._take()
-                if not batch:
+                    self.wake.clear()
+                    if not q:
+                        self.wake.wait(0.2)
                     continue
-                self.metrics.queue_depth.set(len(self.queue))
-                self._handle(batch)
-        except Exception as e:  # a bug: stop the process rather than ack what was not stored
-            self.error = e
-            self.log.error("writer_crashed", error=repr(e))
-            self.request_stop()
+                if len(q) < _CHUNK_MIN and len(unacked) >= self.s.batch_max and not self.stop_event.is_set():
+                    # The worker has a full batch to work on: let messages
+                    # gather rather than send them one by one (each pipe
+                    # write costs both processes a wakeup and a pickle).
+                    time.sleep(0.002)
+                    continue
+                items = []
+                while q and len(items) < _CHUNK_MAX:
+                    topic, payload, mid, qos, t_recv = q.popleft()
+                    unacked.append((mid, qos))
+                    items.append((topic, payload, t_recv))
+                self.metrics.queue_depth.set(len(unacked))
+                send(("msgs", items))
+            send(("drain", self.s.drain_s))
+        except OSError:
+            pass  # the worker is gone; the acker reports it
 
-    def _handle(self, batch):
-        delay = 0.05
-        while True:
-            t0 = time.monotonic()
-            try:
-                res = self.ingestor.process(batch)
-                break
-            except self.db.errors as e:
-                self.metrics.db_errors.inc()
-                if self.db.is_permanent(e):
-                    # The database refuses the data (a value out of range...):
-                    # retrying cannot help; find the message and set it aside.
-                    self.log.error("commit_refused", error=" ".join(str(e).split())[:300], batch=len(batch))
-                    if len(batch) == 1:
-                        res = self._store_internal_reject(batch[0], e, "db_refused")
-                        break
-                    half = len(batch) // 2
-                    self._handle(batch[:half])
-                    self._handle(batch[half:])
-                    return
-                self.log.error("commit_failed", error=" ".join(str(e).split())[:300], batch=len(batch), retry_in_s=round(delay, 2))
-                if self.stop_event.is_set() and time.monotonic() > t0 + 1:
-                    return  # abandon: nothing acked, the broker redelivers
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                self._reconnect_db()
-            except Exception as e:  # noqa: BLE001 - isolate a poison message instead of looping on it
-                if len(batch) == 1:
-                    self.log.error("internal_error", topic=batch[0].topic, error=repr(e))
-                    res = self._store_internal_reject(batch[0], e, "internal")
-                    break
-                mid = len(batch) // 2
-                self._handle(batch[:mid])
-                self._handle(batch[mid:])
-                return
-        t_commit = time.monotonic()
-        self.batches += 1
-        if self.s.fault == "after_commit_exit" and res.acks:
-            os.kill(os.getpid(), signal.SIGKILL)
-        self._after_commit(batch, res, t0, t_commit)
+    # -- acker thread: worker -> PUBACKs, station acks, metrics ----------------
 
-    def _reconnect_db(self):
+    def _acker(self):
+        acked = 0
         try:
-            self.db.close()
-            self.db = dbmod.connect(self.s.db_url)
-            self.ingestor.db = self.db
-        except Exception as e:  # noqa: BLE001 - keep retrying until the database is back
-            self.log.error("db_reconnect_failed", error=" ".join(str(e).split())[:300])
+            while True:
+                msg = self._from_worker.recv()
+                kind = msg[0]
+                if kind == "out":
+                    acked = self._after_commit(acked, msg[1], msg[2], msg[3])
+                elif kind == "stopped":
+                    self._abandoned = msg[1]
+                    if not self.stop_event.is_set():  # it only stops when asked to drain
+                        self._fail("worker_crashed", "the ingest worker stopped unasked")
+                    return
+                elif kind == "error":
+                    self._fail("worker_crashed", msg[1])
+        except (EOFError, OSError):
+            # Gone without "stopped": killed, or crashed. What it committed
+            # but did not report is not acked: the broker redelivers it and
+            # the ledger turns it into a duplicate.
+            self.proc.join(1)
+            self._fail("worker_crashed", "the ingest worker exited (code %s)" % self.proc.exitcode)
 
-    def _store_internal_reject(self, m, err, reason):
-        rej = self.ingestor._reject(m, wire.parse_topic(m.topic), reason, " ".join(repr(err).split()), None, int(time.time()))
-        with self.db.tx():
-            self.db.execute(
-                "INSERT INTO rejects (received_at, topic, site, station, sender, n, kind, reason, authentic, detail, size, raw)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rej[:9] + rej[10:],
-            )
-        res = ingest.Result()
-        res.mids.append((m.mid, m.qos))
-        res.rejects[reason] = 1
-        return res
+    def _fail(self, event, error):
+        if self.error is None:
+            self.error = error
+            self.log.error(event, error=error)
+        self.request_stop()
 
-    def _after_commit(self, batch, res, t0, t_commit):
+    def _after_commit(self, acked, done, pubs, rep):
+        # Everything up to `done` is committed. Metrics first (whoever got
+        # an ack may look at them), then the station acks, then the PUBACKs.
+        if rep is not None:
+            self._report(rep)
+        t_commit = rep.t_commit if rep is not None else None
+        sent = 0
+        for topic, payload, _ in pubs:
+            if self.publish(topic, payload, False, t_commit):
+                sent += 1
+        if sent:
+            self.metrics.acks_sent.inc(sent)
         c = self.client
-        for mid, qos in res.mids:
+        unacked = self.unacked
+        for _ in range(done - acked):
+            mid, qos = unacked.popleft()
             if qos > 0:
                 c.ack(mid, qos)
-        now = int(time.time())
-        for station, (site, key, ns) in res.acks.items():
-            topic = wire.station_topic(site, station, "ack")
-            for i in range(0, len(ns), MAX_ACKS_PER_MESSAGE):
-                payload = fastwire.encode_ack(key, station, self.acks.next(), now, ns[i : i + MAX_ACKS_PER_MESSAGE])
-                if self.publish(topic, payload, False, t_commit):
-                    self.metrics.acks_sent.inc()
+        if rep is not None and rep.size:
+            self.batches += 1
+            self.log.debug(
+                "batch", size=rep.size, stored=sum(rep.stored.values()), acked=rep.acked,
+                commit_ms=round(sum(rep.commit_s) * 1000, 2),
+            )
+        elif pubs:
+            self.log.debug("acks", acked=sum(p[2] for p in pubs), messages=len(pubs))
+        return done
+
+    def _report(self, rep):
         m = self.metrics
         total = 0
-        for kind, k in res.stored.items():
+        for kind, k in rep.stored.items():
             m.messages.labels(kind, "stored").inc(k)
             total += k
-        for kind, k in res.duplicates.items():
+        for kind, k in rep.duplicates.items():
             m.messages.labels(kind, "duplicate").inc(k)
-        for reason, k in res.rejects.items():
+        for reason, k in rep.rejects.items():
             m.rejects.labels(reason).inc(k)
-        if res.quarantined:
-            m.quarantined.inc(res.quarantined)
-        for station, session_id, verified, reason in res.fee_checks:
-            m.fee_checks.labels({1: "match", 0: "mismatch"}.get(verified, "unverified")).inc()
-            if verified != 1 and reason:
-                for r in reason.split(","):
-                    m.fee_mismatches.labels(r.split(":")[0]).inc()
-            if verified == 0:
-                self.log.warning("fee_mismatch", station=station, session_id=session_id, reason=reason)
-            elif verified is None:
-                self.log.warning("fee_unverified", station=station, session_id=session_id, reason=reason)
-        wall = time.time()
-        for station in res.seen:
-            m.last_seen.labels(station).set(wall)
-        m.count_committed(total + sum(res.duplicates.values()))
-        m.batch_size.observe(len(batch))
-        m.commit_seconds.observe(t_commit - t0)
-        if res.t_first:
-            m.receive_to_commit.observe(t_commit - res.t_first)
-        for level, event, fields in res.events:
+        if rep.quarantined:
+            m.quarantined.inc(rep.quarantined)
+        if rep.db_errors:
+            m.db_errors.inc(rep.db_errors)
+        for result, k in rep.fee_checks.items():
+            m.fee_checks.labels(result).inc(k)
+        for reason, k in rep.fee_reasons.items():
+            m.fee_mismatches.labels(reason).inc(k)
+        if rep.seen:
+            wall = time.time()
+            for station in rep.seen:
+                m.last_seen.labels(station).set(wall)
+        if rep.size:
+            m.count_committed(total + sum(rep.duplicates.values()))
+            m.batch_size.observe(rep.size)
+        for dt in rep.commit_s:
+            m.commit_seconds.observe(dt)
+        for dt in rep.recv_to_commit_s:
+            m.receive_to_commit.observe(dt)
+        m.queue_depth.set(len(self.unacked))
+        for level, event, fields in rep.events:
             self.log.log(level, event, **fields)
-        if res.rejects:
-            self.log.warning("rejected", **{"count_" + k: v for k, v in sorted(res.rejects.items())})
-            for station, reason, detail in res.reject_details:
-                self.log.debug("reject", station=station, reason=reason, detail=detail)
-        self.log.debug("batch", size=len(batch), stored=total, commit_ms=round((t_commit - t0) * 1000, 2))
-        if res.states_changed:
-            self.dirty_sites |= res.states_changed
+        if rep.states_changed:
+            self.dirty_sites |= rep.states_changed
             self.hk_wake.set()
 
     # -- housekeeping thread ------------------------------------------------
@@ -508,3 +535,19 @@ class Bridge:
             self.log.error("gap_alert", station=st, start_n=a, end_n=b, age_s=age)
         for st, a, b in r.expired:
             self.log.warning("gap_expired", station=st, start_n=a, end_n=b)
+
+
+def _grow_pipe(conn):
+    # Linux pipes hold 64 KiB: about 80 session records, so the feeder would
+    # block and wake the worker many times per batch. 1 MiB is the
+    # unprivileged maximum (/proc/sys/fs/pipe-max-size); elsewhere, no change.
+    try:
+        import fcntl
+
+        fcntl.fcntl(conn.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError):
+        pass
+
+
+def _dialect(url):
+    return dbmod.POSTGRES if url.startswith(("postgresql://", "postgres://")) else dbmod.SQLITE

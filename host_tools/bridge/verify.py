@@ -84,12 +84,14 @@ def check_occupancy(timeline, history, tolerance_s, evs=None):
     return None if unknown else 1
 
 
-def verify(record, tariff, history, tolerance_s=DEFAULT_TOLERANCE_S):
+def verify(record, tariff, history, tolerance_s=DEFAULT_TOLERANCE_S, evs=None):
     """Verdict for a session record (dict) priced under tariff (a parsed
-    fee.Tariff, or None when unknown); history: the site's History or None."""
+    fee.Tariff, or None when unknown); history: the site's History or None;
+    evs: occupancy_events(record's timeline) when the caller has them."""
     reasons = []
     timeline = record.get("timeline")
-    evs = occupancy_events(timeline)
+    if evs is None:
+        evs = occupancy_events(timeline)
     occ = check_occupancy(timeline, history, tolerance_s, evs)
     if evs:
         if occ == 0:
