@@ -130,18 +130,21 @@ def test_stale_state_is_a_replay_and_the_latest_wins(rig):
     assert res.rejects == {} and res.duplicates == {"state": 1}
 
 
-def test_event_below_the_low_water_mark_is_a_replay(rig):
+def test_a_late_event_below_the_low_water_mark_is_stored_not_refused(rig):
     rig.send(rig.event(1), rig.event(3))  # n=2 missing
     r = gaps.scan(rig.db, alert_s=1000, expire_s=0, settle_s=0)  # the gap expires at once
     assert r.opened == [("st-01", 2, 2)] and r.expired == [("st-01", 2, 2)]
     with rig.db.tx():
         assert rig.db.one("SELECT floor_n FROM stations")[0] == 3
     rig.ing.forget()
+    # Authentic and unknown: a billing record arriving late is stored and acked.
     res = rig.send(rig.event(2))
-    assert res.rejects == {"replay": 1} and "st-01" not in res.acks
-    # A known n below the mark is still a duplicate (acked again), not a replay.
-    res = rig.send(rig.event(1))
-    assert res.duplicates == {"event": 1} and res.acks["st-01"][2] == [1]
+    assert res.rejects == {} and res.acks["st-01"][2] == [2]
+    # Sent again, it is a duplicate (acked again, stored once).
+    res = rig.send(rig.event(2))
+    assert res.duplicates == {"event": 1} and res.acks["st-01"][2] == [2]
+    with rig.db.tx():
+        assert rig.db.one("SELECT COUNT(*) FROM events WHERE n = 2")[0] == 1
 
 
 def test_session_resent_under_a_new_n_keeps_one_row(rig):

@@ -15,9 +15,8 @@
 # scanned yet: a new installation, a new database, a fleet enrolled during
 # an outage.
 #
-# Reported to the lead (host_tools/bridge/ is being reworked by its owner);
-# strict xfail, so the fix turns this test red until the marker goes.
-import pytest
+# Fixed: the bridge stores any authentic event or session it does not hold,
+# whatever the station's low-water mark; this test keeps it that way.
 
 from host_tools.bridge import db as dbmod
 from host_tools.bridge import gaps, ingest
@@ -25,7 +24,6 @@ from protocol import wire
 from tests.bridge_helpers import T0, register, sqlite_url
 
 
-@pytest.mark.xfail(strict=True, reason="bridge: a new station's first mark is set from its retained state; its older unacked records are then refused as replays forever")
 def test_retained_state_first_does_not_make_earlier_records_replays(tmp_path):
     db = dbmod.open_db(sqlite_url(tmp_path / "bridge.db"))
     key = register(db, "st-01", "lot-a")

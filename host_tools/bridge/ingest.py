@@ -19,7 +19,6 @@
 #        same (station, n), same digest      duplicate: stored once, acked again
 #        same (station, n), other digest     conflict: quarantined, not acked
 #        state with n <= the connector's     replay (stale telemetry)
-#        event/session with n <= floor_n     replay (n accounted for, content unknown)
 #        session_id known, other n           duplicate (same body) / quarantine
 #        otherwise                           new: audit + events/sessions/states
 #   5. Bulk writes (executemany; on PostgreSQL an unnest INSERT ... RETURNING
@@ -345,15 +344,11 @@ class Ingestor:
                 state_rows[(station, c)] = (n, plugged, station, c, site, status, msg.t, occ, _body_json(msg), now)
                 res.states_changed.add(site)
             else:
-                if rec.floor_n is not None and n <= rec.floor_n:
-                    rejects.append(
-                        self._reject(
-                            m, (site, station, leaf), wire.ERR_REPLAY,
-                            "n %d is at or below the station's low-water mark %d and unknown to the database" % (n, rec.floor_n),
-                            msg, now, True,
-                        )
-                    )
-                    continue
+                # An authentic event or session whose n the database does not
+                # hold is stored, however old: the signature proves the station
+                # sent it, storing is idempotent, and a record that arrives
+                # late (after its gap was given up, or before the station's
+                # first mark) is exactly the one billing must not lose.
                 if kind == wire.SESSION:
                     body = msg.body
                     if body.get("station", station) != station:
