@@ -20,6 +20,26 @@ _BLOCK = const(64)
 DIGEST_SIZE = const(32)
 
 
+def pads(key):
+    """The inner and outer key blocks (key XOR ipad, key XOR opad), 64 bytes each.
+
+    For callers that hash many messages under one key (PBKDF2 rounds):
+    MicroPython's sha256 objects cannot be copied, so they keep the pads."""
+    if not isinstance(key, (bytes, bytearray)):
+        raise TypeError("key must be bytes")
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    ipad = bytearray(_BLOCK)
+    opad = bytearray(_BLOCK)
+    for i in range(len(key)):
+        ipad[i] = key[i]
+        opad[i] = key[i]
+    for i in range(_BLOCK):
+        ipad[i] ^= 0x36
+        opad[i] ^= 0x5C
+    return bytes(ipad), bytes(opad)
+
+
 class Hmac:
     """Incremental HMAC-SHA256: Hmac(key), update(bytes) any number of
     times, then digest() once."""
@@ -27,18 +47,7 @@ class Hmac:
     __slots__ = ("_inner", "_outer")
 
     def __init__(self, key, msg=None):
-        if not isinstance(key, (bytes, bytearray)):
-            raise TypeError("key must be bytes")
-        if len(key) > _BLOCK:
-            key = hashlib.sha256(key).digest()
-        ipad = bytearray(_BLOCK)
-        opad = bytearray(_BLOCK)
-        for i in range(len(key)):
-            ipad[i] = key[i]
-            opad[i] = key[i]
-        for i in range(_BLOCK):
-            ipad[i] ^= 0x36
-            opad[i] ^= 0x5C
+        ipad, opad = pads(key)
         self._inner = hashlib.sha256(ipad)
         self._outer = hashlib.sha256(opad)
         if msg is not None:

@@ -37,7 +37,6 @@ LOCK_BASE_MS = const(60000)  # first lockout; doubles with each further wrong PI
 LOCK_MAX_MS = const(3600000)
 PERSIST_MS = const(30000)  # how often a running lockout's time left is saved
 MAX_ITERATIONS = const(1000000)  # a hash asking for more is refused as unreadable
-_BLOCK = const(64)
 
 
 def parse_hash(stored):
@@ -72,19 +71,7 @@ class Pbkdf2:
     """PBKDF2-HMAC-SHA256 of one 32-byte block, run in steps: step(n) -> done?"""
 
     def __init__(self, password, salt, iterations):
-        key = password
-        if len(key) > _BLOCK:
-            key = hashlib.sha256(key).digest()
-        ipad = bytearray(_BLOCK)
-        opad = bytearray(_BLOCK)
-        for i in range(len(key)):
-            ipad[i] = key[i]
-            opad[i] = key[i]
-        for i in range(_BLOCK):
-            ipad[i] ^= 0x36
-            opad[i] ^= 0x5C
-        self._ipad = bytes(ipad)
-        self._opad = bytes(opad)
+        self._ipad, self._opad = hmac256.pads(password)
         u = hmac256.digest(password, salt + b"\x00\x00\x00\x01")
         self._u = u
         self._acc = int.from_bytes(u, "big")
