@@ -53,6 +53,7 @@ from host_tools.bridge import keys as bkeys
 from host_tools.bridge import tariffs
 from protocol import wire
 from tests.broker import Mosquitto
+from tests.chaos_broker import quiet_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.join(REPO, "firmware") not in sys.path:
@@ -221,11 +222,13 @@ async def _run_broker_outage(cores, keys_, per, rng, port, outage_s, broker, db_
     broker.start()
     t0 = time.time()
     t_bridge = t_all = None
+    left_then = None
     while True:
         for up in ups:
             up.pump(up.clock.now_ms())
         if t_all is None and all(link.connected for link in links):
             t_all = time.time()
+            left_then = sum(len(c.outbox) for c in cores)
         if t_bridge is None and _log_has(bridge_log, '"event":"subscribed"', subs_before + 1):
             t_bridge = time.time()
         left = sum(len(c.outbox) for c in cores)
@@ -239,7 +242,7 @@ async def _run_broker_outage(cores, keys_, per, rng, port, outage_s, broker, db_
         link.stop()
     await asyncio.sleep(0.2)
     resent = sum(c.outbox.resent for c in cores)
-    return total, before, t0, t_bridge, t_all, t_done, resent
+    return total, before, t0, t_bridge, t_all, t_done, resent, left_then
 
 
 def broker_outage(records, stations, outage_s, out=print):
@@ -248,7 +251,7 @@ def broker_outage(records, stations, outage_s, out=print):
     names = ["rec-%05d" % i for i in range(stations)]
     keys_ = {st: rng.randbytes(32) for st in names}
     with tempfile.TemporaryDirectory(prefix="overstay-recovery-") as tmp:
-        broker = Mosquitto(os.path.join(tmp, "mosquitto"), persistence=False).start()
+        broker = Mosquitto(os.path.join(tmp, "mosquitto"), port=quiet_port(), persistence=False).start()
         bridge = None
         try:
             url = "sqlite:///" + os.path.join(tmp, "bridge.db")
@@ -261,7 +264,7 @@ def broker_outage(records, stations, outage_s, out=print):
             bridge = bi.BridgeRun(tmp, broker.url, url, "recovery-bridge-b").start()
             _wait(lambda: _log_has(bridge.log_path, '"event":"subscribed"'), 60, "the bridge to subscribe")
             cores = [new_stall(st, keys_[st], site_key, broker.port) for st in names]
-            total, before, t0, t_bridge, t_all, t_done, resent = asyncio.run(
+            total, before, t0, t_bridge, t_all, t_done, resent, left_then = asyncio.run(
                 _run_broker_outage(cores, keys_, per, rng, broker.port, outage_s, broker, url, bridge.log_path, out))
         finally:
             if bridge is not None:
@@ -270,9 +273,10 @@ def broker_outage(records, stations, outage_s, out=print):
         audit = bi.scalar(url, "SELECT COUNT(*) FROM audit WHERE kind <> 'state'") - before
         sessions = bi.scalar(url, "SELECT COUNT(*) FROM sessions")
     t_back = max(t_all or t0, t_bridge or t0)
-    out("  recovery %.1f s from the broker back to every outbox empty: bridge subscribed again after %.1f s, last stall connected after %.1f s,"
-        " then %.1f s to drain (%.0f records/s); %d resends"
-        % (t_done - t0, (t_bridge or t_done) - t0, (t_all or t_done) - t0, t_done - t_back, total / max(1e-9, t_done - t_back), resent))
+    out("  recovery %.1f s from the broker back to every outbox empty (%.0f records/s overall): bridge subscribed again after %.1f s,"
+        " last stall connected after %.1f s with %s records still unacked, drained %.1f s later; %d resends"
+        % (t_done - t0, total / max(1e-9, t_done - t0), (t_bridge or t_done) - t0, (t_all or t_done) - t0,
+           left_then if left_then is not None else "?", t_done - t_back, resent))
     problems = []
     if audit != total or sessions != stations * SESSIONS_PER_STALL:
         problems.append("the database holds %d records (%d sessions), want %d (%d)" % (audit, sessions, total, stations * SESSIONS_PER_STALL))

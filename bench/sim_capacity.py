@@ -20,9 +20,15 @@
 #                     second: a status change is then stamped in its own second)
 #   loop lag          how late a 20 ms asyncio sleep wakes up (p50/p99/max)
 #   links             every stall connected, no reconnects (keepalive held)
-# A count passes when the sampler p99 lateness is at most 100 ms, the
-# largest sample gap under 1000 ms and no link dropped. Timings are printed,
-# never asserted.
+#   watchdog          whether any stall's Health table ever had a task past
+#                     its deadline (the board's watchdog would have reset it)
+# A count is "real time" when the sampler p99 lateness is at most 100 ms, the
+# largest sample gap under 1000 ms and no link dropped; "healthy" when the
+# p99 lateness is at most one sample period, no watchdog deadline was missed
+# and no link dropped (status instants may then be a second late, rarely).
+# Timings are printed, never asserted. The machine's CPU pressure
+# (/proc/pressure/cpu) is printed with each run: the broker, the bridge and
+# anything else on the machine compete with the simulator for the 2 cores.
 #
 # Usage: python -m bench.sim_capacity [--stalls 1000,2000,3000] [--seconds 60] [--fs os|mem] [--no-bridge]
 #                                    [--site-size 20 (0: one site)] [--sample-ms MS]
@@ -164,7 +170,9 @@ def run_one(n, seconds, fs_kind, bridge, timing, work, site_size):
             "watchdog_late": sum(r.watchdog_late for r in reps), "wall_s": time.monotonic() - w0, "maxrss_mb": ru1.ru_maxrss / 1024.0,
             "load": load[0], "cpu_us_per_stall_s": busy * 1e6 / n, "psi": pressure(),
         }
-        out["ok"] = late_p99 is not None and late_p99 <= 100 and out["max_gap"] < 1000 and out["reconnects"] == 0 and connected == n
+        links = out["reconnects"] == 0 and connected == n
+        out["ok"] = late_p99 is not None and late_p99 <= 100 and out["max_gap"] < 1000 and links
+        out["healthy"] = late_p99 is not None and late_p99 <= out["sample_ms"] and out["watchdog_late"] == 0 and links
         return out
     finally:
         if proc is not None:
@@ -185,7 +193,7 @@ def report(r):
           "cpu %3.0f%%  fds %5d  rss %4.0f MB  connected %d/%d  reconnects %d  sessions %d  acks %d  -> %s" % (
               r["stalls"], r["sites"], r["sample_ms"], r["pump_ms"], r["loop_p50"], r["loop_p99"], r["loop_max"], r["late_p99"], r["max_gap"],
               100 * r["cpu_share"], r["fds"], r["maxrss_mb"], r["connected"], r["stalls"], r["reconnects"], r["sessions"], r["acks"],
-              "real time" if r["ok"] else "falls behind"), flush=True)
+              "real time" if r["ok"] else "healthy" if r["healthy"] else "falls behind"), flush=True)
     print("         boot+connect %.1f s, key registration %.1f s, %d samples measured, watchdog-late observations %d, "
           "%.0f us of CPU per stall-second; machine load average %.1f, CPU pressure %s%% (60 s) at the end" % (
               r["boot_connect_s"], r["register_s"], r["samples"], r["watchdog_late"], r["cpu_us_per_stall_s"], r["load"],
@@ -207,7 +215,7 @@ def main(argv=None):
     print("one simulator process at speed 1, %d s per run, journals %s, bridge %s; %d CPUs; fd limit %d" % (
         args.seconds, "on disk (OsFs)" if args.fs == "os" else "in memory", "off" if args.no_bridge else "on (SQLite subprocess)",
         os.cpu_count() or 0, resource.getrlimit(resource.RLIMIT_NOFILE)[0]), flush=True)
-    best = 0
+    best = healthy = 0
     work = tempfile.mkdtemp(prefix="overstay-simcap-")
     try:
         for n in [int(x) for x in args.stalls.split(",")]:
@@ -215,9 +223,12 @@ def main(argv=None):
             report(r)
             if r["ok"]:
                 best = max(best, n)
+            if r["healthy"]:
+                healthy = max(healthy, n)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("  largest count kept in real time: %d stalls" % best)
+    print("  largest count kept in real time (sampler p99 <= 100 ms late, every gap < 1 s): %d stalls" % best)
+    print("  largest count kept healthy (sampler p99 late <= one period, no watchdog deadline missed, no link lost): %d stalls" % healthy)
 
 
 if __name__ == "__main__":

@@ -218,7 +218,13 @@ def run(args):
         rep = asyncio.run(sim.run(drain_timeout=args.drain_timeout))
     except KeyboardInterrupt:
         print("overstay: interrupted", file=sys.stderr)
+        if tmp is not None:
+            print("sim: journals kept under %s" % tmp, file=sys.stderr)
         return 130
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing ran (e.g. no broker): nothing to keep
+        raise
     for line in sim.summary_lines(rep):
         print(line, flush=True)
     if tmp is not None:

@@ -70,7 +70,7 @@ from stall.ntp import FixedWall  # noqa: E402
 
 _MASK = 0x3FFFFFFF
 SAMPLE_BUDGET = 5000  # samples per real second across all stalls, for the default sample_ms
-LATE_EDGES_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # sampler lateness histogram (real ms)
+LATE_EDGES_MS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 400, 500, 750, 1000, 2000)  # sampler lateness histogram (real ms)
 _ZERO_DECIMALS = ("JPY", "KRW", "CLP", "ISK", "VND", "XAF", "XOF", "HUF")
 
 

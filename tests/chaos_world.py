@@ -29,6 +29,10 @@
 # The driver advances time in steps (1 s while anything is in flight, up to
 # 5 s otherwise, always landing on fault and boot instants) and lets the net
 # move messages between steps.
+#
+# CHAOS_DEBUG=1 in the environment logs every stall's outbox, open session
+# and link every 500 s of simulated time while a run drains (its log is
+# printed when it fails, or with --keep).
 import asyncio
 import bisect
 import collections
@@ -167,7 +171,7 @@ class Stall:
 class World:
     """One chaos run: plan (tests/chaos_plan.Plan), net (mem or broker), keys (host_tools.sim_keys.Keys)."""
 
-    def __init__(self, plan, net, keys, say=None, occupancy_sync=False):
+    def __init__(self, plan, net, keys, occupancy_sync=False):
         self.plan = plan
         # Lockstep with the bridge's occupancy (tests/test_e2e.py): time moves in
         # 100 ms steps, with real pauses, until every connected stall holds the
@@ -177,7 +181,6 @@ class World:
         self.sc = sc = plan.scenario
         self.net = net
         self.keys = keys
-        self.say = say or (lambda line: None)
         k = plan.knobs
         self.coarse_ms = k["coarse_ms"]
         self.ticks = Ticks()

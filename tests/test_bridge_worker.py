@@ -70,7 +70,7 @@ class _Worker:
         assert self.rx.poll(30) and self.rx.recv()[0] == "ready"
 
     def send(self, items):
-        self.tx.send(("msgs", items))
+        self.tx.send(("msgs", items, 0))
 
     def recv(self, timeout=10):
         assert self.rx.poll(timeout), "no answer from the worker"

@@ -13,11 +13,12 @@
 #       every fee itself (fee_verified = 1).
 #   occupancy tiers, in lockstep     the chaos harness's stalls (the firmware
 #       App on virtual time, each on its own MqttLink) against the same
-#       broker and bridge process. Time stops at every change of the site's
-#       occupancy until each stall holds the bridge's new percentage, so a
-#       stall learns a change within a second or two of simulated time
-#       (OCC_DELAY_S allows 3); the scenario keeps billed minutes from
-#       starting in those seconds, so the fee is exact. Statuses are exact
+#       broker and bridge process. At every change of the site's occupancy,
+#       time moves in 100 ms steps with real pauses until each stall holds
+#       the bridge's new percentage, so a stall learns a change within a
+#       second or two of simulated time (OCC_DELAY_S allows 3); the
+#       scenario keeps billed minutes from starting in those seconds, so
+#       the fee is exact. Statuses are exact
 #       to the second. The bridge re-prices every record to the same fee;
 #       it cannot cross-check the occupancy (its history is in real time,
 #       the stalls' timelines in simulated time: verify_reason

@@ -6,12 +6,12 @@
 # thread and the database writer in one process, receiving and verifying
 # take turns on one core. So the bridge is two processes (docs/bridge.md):
 #
-#   paho process (service.py)                 worker process (this module)
-#   on_message: (topic, payload, t) -> deque   reader thread: pipe -> deque
-#   feeder thread: deque -> pipe, keeps         main loop: take a batch,
-#     (mid, qos) of each message in order         Ingestor.process (one transaction),
-#   acker thread: pipe -> PUBACK every            commit, sign the station acks,
-#     message up to `done`, publish the acks      -> pipe ("out", done, acks, report)
+#   paho process (service.py)                 worker process (this module, one thread)
+#   on_message: (topic, payload, t) -> deque   pipe -> deque, take a batch,
+#   feeder thread: deque -> pipe, keeps          Ingestor.process (one transaction),
+#     (mid, qos) of each message in order        commit, sign the station acks,
+#   acker thread: pipe -> PUBACK every           -> pipe ("out", done, acks, report)
+#     message up to `done`, publish the acks
 #
 # Messages cross the pipe in the order paho delivered them and the worker
 # handles them in that order, so one number says what is on disk: `done`,
@@ -28,8 +28,8 @@
 # many n instead of one ack per record; with the bridge keeping up, a
 # station sending now and then is acked at once.
 #
-# Lifecycle: the paho process sends ("msgs", [(topic, payload, t_recv), ...])
-# and, at shutdown, ("drain", seconds): the worker handles what it has for at
+# Lifecycle: the paho process sends ("msgs", [(topic, payload, t_recv), ...],
+# still queued there) and, at shutdown, ("drain", seconds): the worker handles what it has for at
 # most that long, sends every held ack, reports ("stopped", abandoned) and
 # exits. End of file on the pipe (the paho process died) stops it at once.
 # The worker ignores SIGINT and SIGTERM: a Ctrl-C reaches the whole process
@@ -37,7 +37,6 @@
 import collections
 import os
 import signal
-import threading
 import time
 
 from host_tools.bridge import db as dbmod
@@ -179,7 +178,7 @@ class Worker:
         self.rx = rx  # ("msgs", [...]) and ("drain", seconds) from the paho process
         self.tx = tx  # ("ready"|"out"|"stopped"|"error", ...) to it
         self.inbox = collections.deque()
-        self.wake = threading.Event()
+        self.waiting = 0  # messages still queued in the paho process, as of its last write
         self.eof = False
         self.drain_at = None  # monotonic deadline once a drain was requested
         self.done = 0  # messages handled (committed or set aside), in receive order
@@ -193,18 +192,25 @@ class Worker:
 
     # -- the pipe -------------------------------------------------------------
 
-    def _reader(self):
+    def _pull(self, timeout):
+        """Move everything the paho process has sent into the inbox, waiting
+        up to timeout for the first message (read here, not by a thread of
+        its own: one wake-up less on the way of each message)."""
+        rx = self.rx
         try:
+            if not rx.poll(timeout):
+                return
             while True:
-                msg = self.rx.recv()
+                msg = rx.recv()
                 if msg[0] == "msgs":
                     self.inbox.extend(msg[1])
+                    self.waiting = msg[2]
                 elif msg[0] == "drain":
                     self.drain_at = time.monotonic() + msg[1]
-                self.wake.set()
+                if not rx.poll(0):
+                    return
         except (EOFError, OSError):
             self.eof = True
-            self.wake.set()
 
     def _send(self, msg):
         self.tx.send(msg)
@@ -216,11 +222,11 @@ class Worker:
         self.db = dbmod.connect(ws.db_url)
         cfg = ingest.Config(key_cache_s=ws.key_cache_s, occupancy_tolerance_s=ws.occupancy_tolerance_s)
         self.ingestor = ingest.Ingestor(self.db, cfg)
-        threading.Thread(target=self._reader, name="ingest-reader", daemon=True).start()
         self._send(("ready", os.getpid()))
         abandoned = 0
         try:
             while not self.eof:
+                self._pull(0)
                 if self.drain_at is not None and (not self.inbox or time.monotonic() > self.drain_at):
                     break
                 batch = self._take()
@@ -255,15 +261,12 @@ class Worker:
     def _take(self):
         """Up to batch_max messages; [] when none came before the next held ack is due."""
         q = self.inbox
-        while not q:
+        if not q:
             if self.eof or self.drain_at is not None:
                 return []
-            self.wake.clear()
-            if q:
-                break
             due = self.hold.next_due()
-            timeout = 0.5 if due is None else max(0.0, due - time.monotonic())
-            if not self.wake.wait(timeout) and not q:
+            self._pull(0.5 if due is None else max(0.0, due - time.monotonic()))
+            if not q:
                 return []
         limit = self.ws.batch_max
         batch = []
@@ -279,9 +282,7 @@ class Worker:
                 left = deadline - time.monotonic()
                 if left <= 0 or self.drain_at is not None or self.eof:
                     break
-                self.wake.clear()
-                if not q:
-                    self.wake.wait(min(left, 0.002))
+                self._pull(min(left, 0.002))
         return [ingest.Inbound(t, p, 0, 1, False, tr) for t, p, tr in batch]
 
     # -- one batch ------------------------------------------------------------
@@ -381,7 +382,7 @@ class Worker:
         rep.states_changed |= res.states_changed
         if res.acks:
             # Far behind (four batches waiting): these acks are late anyway, merge them.
-            busy = len(self.inbox) >= 4 * self.ws.batch_max
+            busy = len(self.inbox) + self.waiting >= 4 * self.ws.batch_max
             self._ack_now.extend(self.hold.add(res.acks, t_commit, busy))
 
     def _sign(self, items):
