@@ -30,9 +30,9 @@
 # never charged and to SuspendedEV (charge complete) if it did.
 #
 # Timing. A candidate (the state a sample argues for) must be argued for by
-# every sample for its hold time; a sample arguing for anything else, or for
-# staying, drops it, and the next candidate starts afresh. So a glitch (one
-# sample, or a run of samples) shorter than the hold time of the move it
+# the samples for its hold time; a run of samples arguing for anything else,
+# or for staying, drops it, and the next candidate starts afresh. So a glitch
+# (one sample, or a run of samples) shorter than the hold time of the move it
 # argues for never changes the status. When a candidate is confirmed the new
 # status takes effect at the instant the candidate began (the first sample
 # that showed the condition), not at the sample that confirmed it: a car that
@@ -40,6 +40,25 @@
 # at once argue for a further move (plugged in while already drawing: Preparing
 # and then Charging); that candidate is taken to have begun when the current
 # run of its condition began, but never before the state it leaves.
+#
+# Glitches inside a hold. A single deviating sample must not move that
+# instant either (a loose pilot for one sample at 12:00:30 must not make the
+# car idle from 12:00:31). So while a candidate is timed, one sample that
+# argues for something else is held back instead of dropping it, and the
+# next sample decides:
+#
+#   it argues for the candidate again, less than the candidate's hold
+#   after the held sample            -> a glitch: as if it never came
+#   anything else (another deviating sample, or a return only after
+#   the hold time or more)           -> a real change that began at the
+#                                       held sample: drop the candidate
+#
+# Only an isolated sample is forgiven: the candidate must have been argued
+# for by the two samples before it (so a signal flipping every sample never
+# confirms anything), and the held sample must not confirm a move at once
+# (a zero hold, e.g. the station withholding energy, acts immediately). The
+# length test is what keeps sparse sampling honest: one sample that stands
+# for as long as the hold itself is a change, not a glitch.
 #
 # Events are queued in time order and read with next_event(), h11 style.
 # The hot path (a sample that changes nothing) does no arithmetic on t_ms and
@@ -274,6 +293,9 @@ class Connector:
         self._target = _NO_TARGET  # candidate state, or _NO_TARGET
         self._cand_since = None  # instant the candidate began
         self._due = None  # instant at which the candidate is confirmed
+        self._agree = 0  # samples in a row that argued for the candidate (counted up to 2)
+        self._held_t = None  # instant of a deviating sample held back as a possible glitch
+        self._held_cond = _NO_TARGET  # its condition
         self._events = []
 
     # -- reading state ------------------------------------------------------
@@ -348,6 +370,24 @@ class Connector:
         if self._t is None:
             self._since = t_ms
         self._t = t_ms
+        if self._held_t is not None:
+            # The previous sample deviated from the candidate; this one decides.
+            held = self._held_t
+            self._held_t = None
+            move = _TABLE[self._state][c]
+            if move is not None and move[0] == self._target and t_ms - held < self._due - self._cand_since:
+                self._agree = 0  # a glitch: forgotten; two more agreeing samples before the next is forgiven
+            else:
+                # A real change that began at the held sample.
+                self._target = _NO_TARGET
+                self._cond = self._held_cond
+                self._cond_since = held
+        elif self._target != _NO_TARGET and self._agree >= 2:
+            move = _TABLE[self._state][c]
+            if move is None or (move[0] != self._target and self._holds[move[1]] > 0):
+                self._held_t = t_ms
+                self._held_cond = c
+                return
         if c != self._cond:
             self._cond = c
             self._cond_since = t_ms
@@ -367,6 +407,9 @@ class Connector:
                     since = self._since
                 self._cand_since = since
                 self._due = since + self._holds[hold]
+                self._agree = 0
+            if self._agree < 2:  # only "at least two" matters; stays a small int
+                self._agree += 1
             if t_ms < self._due:
                 return
             self._enter(target, self._cand_since)

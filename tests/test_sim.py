@@ -179,8 +179,8 @@ def test_without_a_bridge_nothing_is_acked_and_faults_change_nothing_they_should
     vs = [{"stall": 1, "arrive_s": 0, "charge_s": 40, "amps": 32, "linger_s": 200},
           {"stall": 2, "arrive_s": 5, "charge_s": 40, "amps": 16, "linger_s": 150, "stop": "C"}]
     sc = scen(vs, end_s=260)
-    # Stall 2's glitches come after its holds confirmed SuspendedEV (47 + 60 s):
-    # inside a hold they shift its start (see the xfail test below).
+    # Stall 2's glitches come after its holds confirmed SuspendedEV (47 + 60 s);
+    # the test below puts one inside the hold.
     faults = [sim_faults.Fault("power_cut", 1, 120, 20), sim_faults.Fault("pilot_glitch", 2, 120, 0, "A"),
               sim_faults.Fault("pilot_glitch", 2, 140, 0, "F"), sim_faults.Fault("meter_error", 2, 150, 3)]
     lines = []
@@ -225,30 +225,20 @@ def test_without_a_bridge_nothing_is_acked_and_faults_change_nothing_they_should
     assert sim.stalls[1].app.core.boot == 2
 
 
-@pytest.mark.xfail(strict=True, reason="protocol/connector.py restarts a hold after a one-sample glitch, so the glitch moves the "
-                   "instant the new status takes effect (spec section 10: glitches shorter than the holds change nothing)")
-def test_a_one_sample_glitch_inside_the_complete_hold_does_not_move_the_idle_start():
-    # Found by the simulator's --pilot-glitch: a car full at 47 s, a loose
-    # pilot (one sample of A) at 60 s; SuspendedEV should still start at 47 s.
-    from protocol import connector
-
-    c = connector.Connector()
-    t = 0
-    events = []
-
-    def feed(until_ms, pilot, ma):
-        nonlocal t
-        while t <= until_ms:
-            c.feed(t, pilot, ma)
-            ev = c.next_event()
-            while ev is not None:
-                events.append(ev)
-                ev = c.next_event()
-            t += 100
-
-    feed(6900, "B", 0)
-    feed(46900, "C", 16000)
-    feed(59900, "C", 200)
-    feed(60000, "A", 0)
-    feed(200000, "C", 200)
-    assert ("status", 47000, "SuspendedEV") in events, events
+def test_a_one_sample_glitch_inside_the_complete_hold_is_billed_as_the_truth(mosquitto):
+    # Found by --pilot-glitch: a car full at 47 s, a loose pilot (one sample
+    # of A) 23 s into the 60 s complete hold. SuspendedEV still starts when
+    # the car stopped drawing, so the driver pays what the rules say: an
+    # earlier connector restarted the hold at the glitch, a minute less here.
+    vs = [{"stall": 1, "arrive_s": 0, "charge_s": 40, "amps": 16, "linger_s": 150, "stop": "C"}]
+    sc = scen(vs, stalls=1, end_s=200)
+    lines = []
+    sim = Simulation(sc, ("127.0.0.1", mosquitto.port), speed=40, faults=[sim_faults.Fault("pilot_glitch", 1, 70, 0, "A")],
+                     out=lines.append)
+    rep = asyncio.run(sim.run(drain_timeout=0.5))
+    text = "\n".join(lines + sim.summary_lines(rep))
+    [rec] = list(sim.stalls[0].sessions.values())
+    truth = [(e["t"], e["status"]) for e in sim.truth.timeline(sc.vehicles[0]) if "status" in e]
+    assert [(e["t"], e["status"]) for e in rec["timeline"] if "status" in e] == truth, text
+    assert rec["fee"] == sim.truth.quote(sc.vehicles[0])["fee"] and not rep.mismatches, text
+    assert [a["kind"] for a in sim.applied] == ["pilot_glitch"]
