@@ -325,7 +325,11 @@ class RealNet:
             await self.bridge.wait_for('"event":"connected"')
         if self.proxy is not None:
             self.proxy.tick(now)
-        st_busy = any(st.core is not None and len(st.core.outbox) and st.app.link.connected for st in self.world.stalls)
+        # A stall holding records needs real time: to send them when connected,
+        # and to reconnect when not (its link backs off on the real clock), unless
+        # it is cut off and the partition's end is a scheduled step anyway.
+        st_busy = any(st.core is not None and len(st.core.outbox) and (st.app.link.connected or st.station not in self.cut_off)
+                      for st in self.world.stalls)
         await asyncio.sleep(PAUSE_S if st_busy or self.busy() else 0)
 
     async def close(self):
