@@ -7,6 +7,7 @@
 # a failure, never a skip.
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -100,10 +101,67 @@ def test_micropython_runs_every_vector_module(micropython_out):
     assert loaded == sorted(m for m, _ in DOCS)
 
 
-def test_every_protocol_module_imports_under_micropython():
+@pytest.fixture(scope="module")
+def heap_import():
+    return run_node("--heap")
+
+
+@pytest.fixture(scope="module")
+def heap_frozen():
+    return run_node("--heap", "--frozen")
+
+
+def _protocol_modules():
+    names = {"protocol"}
+    for n in os.listdir(os.path.join(REPO, "protocol")):
+        if n.endswith(".py") and n != "__init__.py":
+            names.add("protocol." + n[:-3])
+    return names
+
+
+def _protocol_imports(name):
+    """The protocol modules `name`'s source imports, however it spells it."""
+    path = os.path.join(REPO, *name.split(".")) + (os.sep + "__init__.py" if name == "protocol" else ".py")
+    with open(path) as f:
+        text = f.read()
+    found = set()
+    for words in re.findall(r"^[ \t]*from[ \t]+protocol[ \t]+import[ \t]+\(?([\w \t,]+)", text, re.M):
+        found |= {"protocol." + w.split()[0] for w in words.split(",") if w.strip()}
+    found |= {"protocol." + m for m in re.findall(r"^[ \t]*(?:from|import)[ \t]+protocol\.(\w+)", text, re.M)}
+    return found - {name}
+
+
+def test_every_protocol_module_imports_under_micropython(heap_import):
     # Heap mode imports each protocol module in a fresh VM: a CPython-only
     # import anywhere in protocol/ fails here even without vectors.
-    heap = run_node("--heap")
+    heap = heap_import
     errors = {m: v for m, v in heap["modules"].items() if not isinstance(v, int)}
     assert not errors, errors
+    assert set(heap["modules"]) == _protocol_modules()
     assert heap["total"] > 0
+    # Every reading is in a VM call of its own, and nothing outlives a
+    # module's window, so the windows add up to the whole.
+    assert heap["total"] == sum(heap["modules"].values()) == heap["after"] - heap["before"]
+
+
+def test_frozen_heap_is_well_formed_and_plausible(heap_import, heap_frozen):
+    heap = heap_frozen
+    assert heap["how"] == "frozen"
+    errors = {m: v for m, v in heap["modules"].items() if not isinstance(v, int)}
+    assert not errors, errors
+    assert set(heap["modules"]) == set(heap["order"]) == _protocol_modules()
+    # Dependency order: a module's protocol imports are measured (executed) before it.
+    for i, name in enumerate(heap["order"]):
+        assert _protocol_imports(name) <= set(heap["order"][:i]), name
+    cal = heap["calibration"]
+    empty = cal["empty_module"]
+    # A module object and its globals dict (16-byte GC blocks).
+    assert 32 <= empty <= 128, cal
+    # 50 empty functions: 50 function objects of 16 bytes on 32 bits, and
+    # the globals dict's table grown to at least 50 entries of 8 bytes.
+    assert 50 * 16 + 50 * 8 <= cal["50_functions"] - empty <= 50 * 16 + 2 * 64 * 8, cal
+    for name, v in heap["modules"].items():
+        assert v >= 32, (name, v)  # at least a module object and its dict
+    assert heap["total"] == sum(heap["modules"].values())
+    # Bytecode, constants and qstrs are not counted: well under the import's.
+    assert heap["total"] * 3 < heap_import["total"], (heap["total"], heap_import["total"])
