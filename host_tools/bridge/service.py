@@ -4,9 +4,6 @@
 # --------------------------------
 #   paho network thread   on_message only appends (topic, payload, mid, qos,
 #                         receipt time) to a deque: no parsing, no database.
-#                         (While the worker has almost nothing to do and
-#                         nothing waits, it writes the message to the pipe
-#                         itself: one hand-over less for the ack's latency.)
 #   feeder thread         moves what arrived to the worker process over a
 #                         pipe, in arrival order, and keeps (mid, qos) of
 #                         each message in the same order.
@@ -44,7 +41,6 @@ from protocol import wire
 _LEADER_LOCK = 0x6F766C64  # "ovld": pg_try_advisory_lock key of the housekeeping leader
 _CHUNK_MAX = 1000  # messages per pipe write to the worker
 _CHUNK_MIN = 200  # while the worker is busy, gather at least this many (or wait 2 ms) per write
-_DIRECT_MAX = 64  # fewer messages than this at the worker: on_message writes to the pipe itself
 
 
 class Settings:
@@ -145,7 +141,6 @@ class Bridge:
         self.stopped = threading.Event()
         self.inbox = collections.deque()  # (topic, payload, mid, qos, t_recv) from paho
         self.unacked = collections.deque()  # (mid, qos) of what went to the worker, in order
-        self._send_lock = threading.Lock()  # one writer at a time on the pipe to the worker
         self.wake = threading.Event()
         self.window = Window(settings.ack_window, self.metrics)
         self.dirty_sites = set()
@@ -208,23 +203,7 @@ class Bridge:
     def _on_message(self, client, userdata, message):
         if self.stop_event.is_set():
             return  # not acked: the broker redelivers it to the next session
-        t = time.monotonic()
-        if not self.inbox and len(self.unacked) < _DIRECT_MAX and self._send_lock.acquire(False):
-            # The worker is nearly idle and nothing waits before this
-            # message: write it to the pipe now (one thread hand-over less on
-            # the way to the ack). Never blocks: the pipe has room for far
-            # more than _DIRECT_MAX messages, and a busy lock means the
-            # feeder is writing, so the message queues instead.
-            try:
-                if not self.inbox:
-                    self.unacked.append((message.mid, message.qos))
-                    self._to_worker.send(("msgs", [(message.topic, message.payload, t)], 0))
-                    return
-            except OSError:
-                return  # the worker is gone (the acker reports it); never acked
-            finally:
-                self._send_lock.release()
-        self.inbox.append((message.topic, message.payload, message.mid, message.qos, t))
+        self.inbox.append((message.topic, message.payload, message.mid, message.qos, time.monotonic()))
         if not self.wake.is_set():
             self.wake.set()
 
@@ -384,16 +363,14 @@ class Bridge:
                     # write costs both processes a wakeup and a pickle).
                     time.sleep(0.002)
                     continue
-                with self._send_lock:  # order in the pipe = order of `unacked`
-                    items = []
-                    while q and len(items) < _CHUNK_MAX:
-                        topic, payload, mid, qos, t_recv = q.popleft()
-                        unacked.append((mid, qos))
-                        items.append((topic, payload, t_recv))
-                    send(("msgs", items, len(q)))
+                items = []
+                while q and len(items) < _CHUNK_MAX:
+                    topic, payload, mid, qos, t_recv = q.popleft()
+                    unacked.append((mid, qos))
+                    items.append((topic, payload, t_recv))
                 self.metrics.queue_depth.set(len(unacked))
-            with self._send_lock:
-                send(("drain", self.s.drain_s))
+                send(("msgs", items, len(q)))  # and how many still wait here (the worker merges acks when far behind)
+            send(("drain", self.s.drain_s))
         except OSError:
             pass  # the worker is gone; the acker reports it
 
