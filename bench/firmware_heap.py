@@ -15,16 +15,38 @@
 # apart, because a stall image freezes them (manifest.py) and their bytecode
 # then stays in flash. The MemFs files stand in for flash and are shown apart
 # too. "core" = what the firmware itself keeps on the heap.
+#
+# Frozen build: what the modules still take when frozen (module objects,
+# dicts, function and class objects, tables built at import) is measured
+# the frozen-equivalent way of bench/mp_heap.py, for exactly the modules
+# importing stall.core loads, and added to the core's after-boot figure:
+# that sum is the issue's "after boot" figure for a stall image.
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 
+from bench import mp_heap
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MPVM = os.path.join(REPO, "tests", "mpvm")
 SESSIONS = 10000
 BATCH = 250
+# The firmware issue's target: heap in use after boot, and no growth.
+TARGET = 40 * 1024
+# What the core loads: the driver below also imports stall.config (which
+# stall.core imports anyway), protocol.wire and canonjson (likewise) and
+# stall.memfs, the in-memory stand-in for the board's flash fs (a stall
+# uses protocol.journal.OsFs), so it is not counted.
+CORE_ENTRY = "stall.core"
+# For context, not the target's figure: what a board loads by the end of
+# boot. main.py's imports, stall.board's (stall.modbus and stall.pilot,
+# named because only board imports them), the MQTT link App.boot imports,
+# the command table Console() imports and console_io, which the console
+# task imports when it starts. main and stall.board import `machine` and
+# cannot load in the VM: run.mjs reports them under "left_out".
+APP_ENTRY = "boot,main,stall.app,stall.board,stall.modbus,stall.pilot,stall.console_cmds,stall.console_io,stall.mqtt_link,stall.ntp"
 
 DRIVER = r'''
 import gc
@@ -184,7 +206,49 @@ def measure(sessions=SESSIONS, batch=BATCH):
     return json.loads(proc.stdout)
 
 
+def measure_frozen():
+    """Frozen-equivalent module heap: (the core's modules, all of protocol/, the application's as far as they load here)."""
+    res = (
+        mp_heap.measure(frozen=True, entry=CORE_ENTRY, path="firmware"),
+        mp_heap.measure(frozen=True),
+        mp_heap.measure(frozen=True, entry=APP_ENTRY, path="firmware"),
+    )
+    for r in res:
+        bad = {m: v for m, v in r["modules"].items() if not isinstance(v, int)}
+        if bad:
+            raise RuntimeError("frozen-equivalent import failed: %s" % bad)
+    return res
+
+
+def _n(v):
+    return "{:,}".format(v)
+
+
+def report_frozen(core_state, fz):
+    """The after-boot figure of a frozen build: the core's modules (frozen-equivalent) + the core's own state."""
+    core, proto, app = fz
+    p_part = sum(v for m, v in core["modules"].items() if m.split(".")[0] == "protocol")
+    s_part = core["total"] - p_part
+    n_proto = len([m for m in core["order"] if m.split(".")[0] == "protocol"])
+    missing = sorted(set(proto["order"]) - set(core["order"]))
+    print("Frozen build (firmware/manifest.py): frozen-equivalent heap of the modules importing %s loads, in dependency order:" % CORE_ENTRY)
+    mp_heap.report([("frozen", core)], "the core's modules")
+    print("  protocol/ part %s bytes (%d of its %d modules; not on the core's path: %s), stall/ part %s bytes"
+          % (_n(p_part), n_proto, len(proto["order"]), ", ".join(missing) or "none", _n(s_part)))
+    total = core["total"] + core_state
+    verdict = "within" if total <= TARGET else "OVER"
+    print("  after boot on a frozen build: modules %s + core %s = %s bytes: %s the %s-byte (40 KB) target"
+          % (_n(core["total"]), _n(core_state), _n(total), verdict, _n(TARGET)))
+    print("  with all of protocol/ frozen (%s bytes) instead of the core's part: %s + %s + %s = %s bytes"
+          % (_n(proto["total"]), _n(proto["total"]), _n(s_part), _n(core_state), _n(proto["total"] + s_part + core_state)))
+    left = "; ".join("%s (%s)" % (m, why) for m, why in sorted(app["left_out"].items())) or "none"
+    print("  context, not the target's figure: the whole application's modules at the end of a board's boot, as far as")
+    print("  they load here, %s bytes frozen (%d modules); left out: %s; the app's own state is not measured"
+          % (_n(app["total"]), len(app["order"]), left))
+
+
 def main(sessions=SESSIONS):
+    fz = measure_frozen()
     r = measure(sessions)
     mods = r["imported"] - r["empty"]
     core_boot = r["boot"] - r["imported"]
@@ -206,6 +270,7 @@ def main(sessions=SESSIONS):
     st = r["state"]
     print("  %d sessions, %d messages sent and acked, outbox %d, journal %d bytes, refused %s; %.1f s in the VM (%.0f sessions/s)"
           % (st["sessions"], st["messages"], st["outbox"], st["journal"], st["rejected"] or "none", r["seconds"], st["sessions"] / max(r["seconds"], 1e-9)))
+    report_frozen(core_boot - r["boot_files"], fz)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@
 #           VM cannot freeze, so the source is compiled first and only
 #           executing it into a fresh module is measured.
 # gc.collect() runs in its own VM call before each reading, so the numbers
-# are what stays resident, not the parse or load peak.
+# are what stays resident, not the parse or load peak. measure(entry=...)
+# takes what a path such as the firmware core loads instead of all of
+# protocol/ (bench/firmware_heap.py uses it).
 import json
 import os
 import shutil
@@ -24,11 +26,14 @@ RUN_MJS = os.path.join(REPO, "tests", "mpvm", "run.mjs")
 TARGET = 16 * 1024
 
 
-def measure(mpy_dir=None, frozen=False):
+def measure(mpy_dir=None, frozen=False, entry=None, path=None):
+    """run.mjs --heap's result; entry (comma-separated modules) measures what importing them loads, with the
+    repository folders in path (comma-separated) on the VM's sys.path, rather than all of protocol/."""
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is not installed: run `make setup`")
     argv = [node, RUN_MJS, "--heap"] + (["--mpy", mpy_dir] if mpy_dir else []) + (["--frozen"] if frozen else [])
+    argv += (["--entry", entry] if entry else []) + (["--path", path] if path else [])
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError("%s exited %d: %s" % (" ".join(argv[1:]), proc.returncode, proc.stderr.strip()))
@@ -39,13 +44,13 @@ def _cell(v):
     return "%10s" % ("{:,}".format(v) if isinstance(v, int) else v)
 
 
-def report(columns):
+def report(columns, total_label="all of protocol/"):
     """columns: [(title, run.mjs result)]; one row per module, in the order measured."""
     order = columns[0][1]["order"]
     print("  %-22s %s" % ("bytes", " ".join("%10s" % t for t, _ in columns)))
     for name in order:
         print("  %-22s %s" % (name, " ".join(_cell(h["modules"].get(name, "-")) for _, h in columns)))
-    print("  %-22s %s" % ("all of protocol/", " ".join(_cell(h["total"]) for _, h in columns)))
+    print("  %-22s %s" % (total_label, " ".join(_cell(h["total"]) for _, h in columns)))
 
 
 def main():

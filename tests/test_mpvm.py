@@ -119,15 +119,17 @@ def _protocol_modules():
     return names
 
 
-def _protocol_imports(name):
-    """The protocol modules `name`'s source imports, however it spells it."""
-    path = os.path.join(REPO, *name.split(".")) + (os.sep + "__init__.py" if name == "protocol" else ".py")
+def _protocol_imports(name, root=REPO, packages=("protocol",)):
+    """The modules of `packages` that `name`'s source (under root) imports, however it spells it."""
+    base = os.path.join(root, *name.split("."))
+    path = os.path.join(base, "__init__.py") if os.path.isdir(base) else base + ".py"
     with open(path) as f:
         text = f.read()
     found = set()
-    for words in re.findall(r"^[ \t]*from[ \t]+protocol[ \t]+import[ \t]+\(?([\w \t,]+)", text, re.M):
-        found |= {"protocol." + w.split()[0] for w in words.split(",") if w.strip()}
-    found |= {"protocol." + m for m in re.findall(r"^[ \t]*(?:from|import)[ \t]+protocol\.(\w+)", text, re.M)}
+    for pkg in packages:
+        for words in re.findall(r"^[ \t]*from[ \t]+%s[ \t]+import[ \t]+\(?([\w \t,]+)" % pkg, text, re.M):
+            found |= {pkg + "." + w.split()[0] for w in words.split(",") if w.strip()}
+        found |= {pkg + "." + m for m in re.findall(r"^[ \t]*(?:from|import)[ \t]+%s\.(\w+)" % pkg, text, re.M)}
     return found - {name}
 
 
@@ -165,3 +167,74 @@ def test_frozen_heap_is_well_formed_and_plausible(heap_import, heap_frozen):
     assert heap["total"] == sum(heap["modules"].values())
     # Bytecode, constants and qstrs are not counted: well under the import's.
     assert heap["total"] * 3 < heap_import["total"], (heap["total"], heap_import["total"])
+
+
+FIRMWARE = os.path.join(REPO, "firmware")
+
+
+@pytest.fixture(scope="module")
+def heap_frozen_core():
+    return run_node("--heap", "--frozen", "--path", "firmware", "--entry", "stall.core")
+
+
+def _cpython_loads(entry):
+    """The protocol and stall modules importing `entry` loads under CPython (a fresh process: this one has some already)."""
+    code = (
+        "import json, sys\n"
+        "sys.path.insert(0, %r)\n"
+        "import %s\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('protocol', 'stall'))))\n" % (FIRMWARE, entry)
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout))
+
+
+def test_frozen_heap_of_the_core_path_is_well_formed_and_plausible(heap_frozen, heap_frozen_core):
+    # --entry measures what importing the firmware core really loads (found by
+    # importing it in a VM of its own), the frozen way, for bench/firmware_heap.py.
+    heap = heap_frozen_core
+    assert heap["how"] == "frozen"
+    assert heap["entries"] == ["stall.core"]
+    assert heap["left_out"] == {}, heap["left_out"]
+    errors = {m: v for m, v in heap["modules"].items() if not isinstance(v, int)}
+    assert not errors, errors
+    assert set(heap["modules"]) == set(heap["order"])
+    # The same modules CPython loads for the same import (sources are shared),
+    # so nothing only a function body imports, nothing of the bench's own.
+    assert set(heap["order"]) == _cpython_loads("stall.core")
+    assert {"protocol", "stall", "stall.core"} <= set(heap["order"])
+    # Dependency order: what a module imports (if measured) is measured before it.
+    for i, name in enumerate(heap["order"]):
+        root = REPO if name.split(".")[0] == "protocol" else FIRMWARE
+        uses = _protocol_imports(name, root, ("protocol", "stall")) & set(heap["order"])
+        assert uses <= set(heap["order"][:i]), name
+    # The method check is the same as in the protocol/ run.
+    assert heap["calibration"] == heap_frozen["calibration"]
+    for name, v in heap["modules"].items():
+        assert v >= 32, (name, v)  # at least a module object and its dict
+    assert heap["total"] == sum(heap["modules"].values())
+    # The protocol/ modules cost what they cost in the protocol/ run, give or
+    # take where a growing dict (sys.modules, a package's) lands.
+    proto = [m for m in heap["order"] if m.split(".")[0] == "protocol"]
+    mine = sum(heap["modules"][m] for m in proto)
+    theirs = sum(heap_frozen["modules"][m] for m in proto)
+    assert abs(mine - theirs) <= 512, (mine, theirs)
+    # Bytecode, constants and qstrs are not counted: the stall modules take
+    # well under a quarter of their source's bytes.
+    stall = [m for m in heap["order"] if m.split(".")[0] == "stall"]
+    src = 0
+    for m in stall:
+        base = os.path.join(FIRMWARE, *m.split("."))
+        src += os.path.getsize(os.path.join(base, "__init__.py") if os.path.isdir(base) else base + ".py")
+    assert 0 < sum(heap["modules"][m] for m in stall) * 4 < src
+
+
+def test_loads_reports_board_modules_it_cannot_load():
+    # A module needing `machine` cannot load in the VM: reported with the
+    # reason, and what it imported before failing is not counted as loaded.
+    got = run_node("--loads", "stall.board,stall.core", "--path", "firmware")
+    assert set(got["failed"]) == {"stall.board"}
+    assert "machine" in got["failed"]["stall.board"]
+    assert set(got["modules"]) == _cpython_loads("stall.core")
+    assert "binascii" in got["other"]

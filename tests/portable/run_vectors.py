@@ -6,7 +6,8 @@
 #
 #   run_all(vec_dir)  -> {"fee/example 1": {...}, ...}
 #   heap(names)       -> bytes of GC heap each import costs (MicroPython only;
-#                        heap_setup/prepare/load/release are its steps)
+#                        heap_setup/prepare/load/release are its steps,
+#                        heap_loads finds which modules a path loads)
 #
 # A case that raises does not stop the run: its output becomes
 # {"__exception__": "ValueError: ..."} so the comparison shows it. A vec module
@@ -147,13 +148,25 @@ def _intern(s):
     getattr(sys, s, None)
 
 
-def _module_path(root, name):
-    base = _join(root, name.replace(".", "/"))
+def _exists(path):
     try:
-        os.stat(_join(base, "__init__.py"))
-        return _join(base, "__init__.py")
+        os.stat(path)
+        return True
     except OSError:
-        return base + ".py"
+        return False
+
+
+def _module_path(roots, name):
+    """The source of module `name`: the first of the roots (comma-separated, as on sys.path) that holds it.
+
+    A name no root holds (the calibration modules) gets a path under the first root.
+    """
+    rel = name.replace(".", "/")
+    for root in roots.split(","):
+        for path in (_join(_join(root, rel), "__init__.py"), _join(root, rel) + ".py"):
+            if _exists(path):
+                return path
+    return _join(roots.split(",")[0], rel) + ".py"
 
 
 def _write_stub(name, package):
@@ -175,15 +188,20 @@ def _write_stub(name, package):
     return path + ".py"
 
 
-def heap_setup(how, names_csv, src_root="/"):
+def heap_setup(how, names_csv, src_root="/", preload_csv=""):
     """Get ready to measure `names` (comma-separated) loaded `how`; returns the order to measure them in (comma-separated).
 
-    Imports the standard modules protocol/ uses first: on a board they are C
-    built-ins in flash, but this VM builds some on first import (binascii
-    takes ~7 KB). In "frozen" mode, also writes the empty stubs (under
-    HEAP_STUBS, put first on sys.path) and appends the calibration modules.
+    src_root: where the sources are, comma-separated roots searched in turn
+    (as on sys.path: "/,/firmware" for protocol/ and the stall package).
+    Imports the standard modules protocol/ uses first, and those in
+    preload_csv (what heap_loads() found the measured modules import): on a
+    board they are C built-ins or the port's own frozen modules, but this VM
+    builds some on first import (binascii takes ~7 KB), and a module
+    imported inside a window would be counted as the measured module's. In
+    "frozen" mode, also writes the empty stubs (under HEAP_STUBS, put first
+    on sys.path) and appends the calibration modules.
     """
-    for std in STDLIB_PRELOAD:
+    for std in STDLIB_PRELOAD + tuple(n for n in preload_csv.split(",") if n):
         try:
             __import__(std)
         except ImportError:
@@ -245,6 +263,43 @@ def heap_load(name):
 def heap_release():
     """After the second reading: drop the compiled code (it stands for flash)."""
     _HEAP["code"] = None
+
+
+def heap_loads(entries_csv, roots_csv):
+    """What importing the entries (comma-separated) loads: JSON {"modules", "other", "failed"}.
+
+    Run in a VM of its own, before measuring (tests/mpvm/run.mjs --loads):
+    which modules a path really loads is found by importing it, not by
+    reading sources, so an import that only happens inside a function is not
+    counted. "modules" are those whose source is under one of the roots
+    (comma-separated), sorted; "other" the rest (standard and port
+    modules, for heap_setup's preload_csv); "failed" maps an entry that
+    cannot be imported here (a board-only module needing `machine`) to why.
+    Modules a failed entry loaded before failing are left out of both lists.
+    """
+    had = set(sys.modules)
+    ok = set(had)
+    failed = {}
+    for entry in [n for n in entries_csv.split(",") if n]:
+        try:
+            __import__(entry)
+            ok = set(sys.modules)
+        except Exception as e:
+            failed[entry] = _describe(e)
+            # A half-imported module is not in sys.modules; what it pulled in
+            # before failing is, and is not on the path that really loads.
+            for name in [k for k in sys.modules if k not in ok]:
+                del sys.modules[name]
+    mods = []
+    other = []
+    roots = roots_csv.split(",")
+    for name in sorted(ok - had):
+        rel = name.replace(".", "/")
+        if any(_exists(_join(_join(r, rel), "__init__.py")) or _exists(_join(r, rel) + ".py") for r in roots):
+            mods.append(name)
+        else:
+            other.append(name)
+    return json.dumps({"modules": mods, "other": other, "failed": failed})
 
 
 def heap(names, how="import"):
