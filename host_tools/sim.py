@@ -67,7 +67,7 @@ def register(sub):
     p.add_argument("--meter-error", action="append", default=[], metavar="STALL@T+DUR|random", help="meter reads fail for DUR")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S", help="real seconds to wait for acks after the scenario ends (30)")
     p.add_argument("--connect-timeout", type=float, default=30.0, metavar="S", help="real seconds for every stall to connect (30)")
-    p.add_argument("--wait-occupancy", type=float, metavar="S", help="real seconds to wait for the bridge's occupancy report before the world starts (5 with --db, else 0)")
+    p.add_argument("--wait-occupancy", type=float, metavar="S", help="real seconds to wait for the bridge's occupancy report, and within that for the acks of the stalls' start-up records, before the world starts (5 with --db, else 0)")
     p.add_argument("--sample-ms", type=int, metavar="MS", help="sampling period in simulated ms (default: scaled to stalls x speed)")
     p.add_argument("--pump-ms", type=int, metavar="MS", help="outbox pump period in simulated ms (default: twice the sampling period, at most 1000)")
     p.add_argument("--console-pty", nargs="?", const="1", metavar="STALLS", help="serve the consoles of these stalls (1; 1,3; all) on pseudo-terminals")

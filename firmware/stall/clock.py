@@ -157,5 +157,7 @@ class MonoClock:
             self._last = t
         return self._ms
 
-    async def sleep_ms(self, ms):
-        await self.ticks.sleep_ms(ms)
+    def sleep_ms(self, ms):
+        # The tick source's awaitable itself, not a coroutine around it: every
+        # task sleeps through here several times a second.
+        return self.ticks.sleep_ms(ms)

@@ -117,6 +117,7 @@ class MqttLink:
         max_pending_bytes=32768,
         read_size=1024,
         poll_ms=100,
+        sleep_ms=None,
     ):
         if not 1 <= backoff_min_ms <= backoff_max_ms:
             raise ValueError("need 1 <= backoff_min_ms <= backoff_max_ms")
@@ -139,6 +140,7 @@ class MqttLink:
         self._max_pending = max_pending_bytes
         self._read_size = read_size
         self._poll = poll_ms
+        self._sleep = sleep_ms or _sleep_ms  # the ticker's and the back-off's sleep (a simulator shares timers)
         # For the console.
         self.connected = False
         self.last_error = None  # str: the latest problem, kept after recovery
@@ -239,7 +241,7 @@ class MqttLink:
                 cap = self._max
             self.retry_ms = self._random(cap)
             self._failures += 1
-            await _sleep_ms(self.retry_ms)
+            await self._sleep(self.retry_ms)
 
     def _error(self, e):
         if isinstance(e, asyncio.TimeoutError):
@@ -327,7 +329,7 @@ class MqttLink:
         s = self.session
         start = _now()
         while True:
-            await _sleep_ms(self._poll)
+            await self._sleep(self._poll)
             now = _now()
             if s.state == mqtt.CONNECTING and mqtt.ticks_diff(now, start) > self._connect_timeout:
                 raise LinkError("no CONNACK from %s:%s within %d ms" % (self.host, self.port, self._connect_timeout))
@@ -362,7 +364,10 @@ class MqttLink:
         except Exception as e:  # MicroPython raises OSError here when the socket died
             self._fail(e)
             return
-        if self._kick is not None:
+        # Wake the writer task only when the stream kept bytes back: both
+        # interpreters' write() sends at once what the socket takes, and the
+        # drain of an empty buffer is a no-op that would cost a task switch.
+        if self._kick is not None and self._pending():
             self._kick.set()
 
     def _pending(self):

@@ -70,6 +70,7 @@ class BootGuard:
         self.boot = 0
         self.runs = []
         self._next = 0
+        self._cps = _CHECKPOINTS + (self.window_ms,)  # alive() runs every tick: built once
 
     def _load(self):
         data = store.read_file(self.fs, self.path)
@@ -118,7 +119,7 @@ class BootGuard:
 
     def alive(self, uptime_ms):
         """Save the run's length at a few checkpoints (cheap to call often)."""
-        cps = _CHECKPOINTS + (self.window_ms,)
+        cps = self._cps
         if self._next >= len(cps) or uptime_ms < cps[self._next]:
             return
         while self._next < len(cps) and uptime_ms >= cps[self._next]:
