@@ -53,7 +53,6 @@ from host_tools.bridge import keys as bkeys
 from host_tools.bridge import tariffs
 from protocol import wire
 from tests.broker import Mosquitto
-from tests.chaos_broker import quiet_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.join(REPO, "firmware") not in sys.path:
@@ -251,7 +250,7 @@ def broker_outage(records, stations, outage_s, out=print):
     names = ["rec-%05d" % i for i in range(stations)]
     keys_ = {st: rng.randbytes(32) for st in names}
     with tempfile.TemporaryDirectory(prefix="overstay-recovery-") as tmp:
-        broker = Mosquitto(os.path.join(tmp, "mosquitto"), port=quiet_port(), persistence=False).start()
+        broker = Mosquitto(os.path.join(tmp, "mosquitto"), persistence=False).start()
         bridge = None
         try:
             url = "sqlite:///" + os.path.join(tmp, "bridge.db")

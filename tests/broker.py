@@ -1,6 +1,7 @@
-# A real Mosquitto for tests: started on a free loopback port, killable and restartable mid-test.
+# A real Mosquitto for tests: started on a free loopback port (below the ephemeral range), killable and restartable mid-test.
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -25,6 +26,30 @@ def free_port():
         return s.getsockname()[1]
 
 
+def quiet_port():
+    """A free loopback port below the ephemeral range, for a broker that is
+    killed and restarted while clients retry it. Thousands of reconnects to a
+    closed port in the ephemeral range: one whose source port equals the
+    broker's connects to itself (TCP simultaneous open) and holds the port, so
+    the broker cannot listen on it again (seen in bench/recovery.py)."""
+    lo = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo = int(f.read().split()[0])
+    except (OSError, ValueError):
+        pass
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(max(1024, lo - 12000), lo - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below %d" % lo)
+
+
 class Mosquitto:
     """One broker process on 127.0.0.1:port with its own config and data folder.
 
@@ -35,7 +60,7 @@ class Mosquitto:
     def __init__(self, workdir, port=None, persistence=True, extra=""):
         self.workdir = str(workdir)
         os.makedirs(self.workdir, exist_ok=True)
-        self.port = port or free_port()
+        self.port = port or quiet_port()
         self.persistence = persistence
         self.extra = extra
         self.proc = None

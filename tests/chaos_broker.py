@@ -40,31 +40,6 @@ from stall.mqtt_link import MqttLink  # noqa: E402 - chaos_world put the firmwar
 PAUSE_S = 0.002  # real seconds per world step while messages are in flight
 
 
-def quiet_port():
-    """A free loopback port below the ephemeral range. Stalls retrying a dead
-    broker open thousands of connections; one whose ephemeral source port
-    equals the broker's port connects to itself (TCP simultaneous open) and
-    holds the port, so the broker cannot listen on it again."""
-    lo = 32768
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo = int(f.read().split()[0])
-    except (OSError, ValueError):
-        pass
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randint(max(1024, lo - 12000), lo - 1)
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            s.close()
-    raise RuntimeError("no free port below %d" % lo)
-
-
 class ChaosLink(MqttLink):
     """The stall's MqttLink, plus duplicated and held-back publishes."""
 
@@ -219,9 +194,7 @@ class RealNet:
         self.workdir = workdir
         self.knobs = knobs
         self.rng = random.Random(knobs["net_seed"])
-        # Below the ephemeral range: a stall retrying the dead broker could otherwise
-        # connect to itself on the broker's port and keep it (bench/recovery.py).
-        self.broker = Mosquitto(os.path.join(workdir, "mosquitto"), port=quiet_port(), persistence=False)
+        self.broker = Mosquitto(os.path.join(workdir, "mosquitto"), persistence=False)
         self.port = self.broker.port
         self.bridge = BridgeProc(workdir, self.broker.url, db_url, knobs["batch_max"])
         self.world = None
